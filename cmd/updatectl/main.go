@@ -1,0 +1,147 @@
+// Command updatectl is twinroot's command-line tool: it pulls OS images,
+// manages the object store and its composefs images, and (later) stages,
+// switches and rolls back A/B deployments.
+//
+// Exit codes:
+//
+//	0  success
+//	1  the operation failed (or, for a command given several operands, at
+//	   least one of them failed; the others were still processed)
+//	2  usage error: unknown verb or flag, wrong number of arguments
+//	3  a check found problems (store fsck found inconsistencies)
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes, documented in the package comment and README.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+	exitCheck   = 3
+)
+
+// exitError carries a specific exit code out of a command. A command whose
+// error is already printed (e.g. per-operand failures) uses silent.
+type exitError struct {
+	code   int
+	err    error
+	silent bool
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// app holds what every verb shares: global flags and output streams.
+type app struct {
+	sysroot  string
+	storeDir string
+	logLevel string
+	stdout   io.Writer
+	stderr   io.Writer
+	log      *slog.Logger
+}
+
+// store returns the object store root: --store, or SYSROOT/twinroot.
+func (a *app) store() string {
+	if a.storeDir != "" {
+		return a.storeDir
+	}
+	return filepath.Join(a.sysroot, "twinroot")
+}
+
+func newRootCmd(a *app) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "updatectl",
+		Short:         "twinroot: image-based A/B operating-system updates",
+		Long:          "updatectl pulls bootc-style OS images into an fs-verity object store, builds composefs images and manages A/B deployments.",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
+				return &exitError{code: exitUsage, err: fmt.Errorf("--log-level: %w", err)}
+			}
+			a.log = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: lvl}))
+			return nil
+		},
+	}
+	root.SetOut(a.stdout)
+	root.SetErr(a.stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &exitError{code: exitUsage, err: err}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.sysroot, "sysroot", "/", "physical root of the system to operate on")
+	pf.StringVar(&a.storeDir, "store", "", "object store directory (default SYSROOT/twinroot)")
+	pf.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	root.AddCommand(
+		newVerityCmd(a),
+		newImageCmd(a),
+		newStoreCmd(a),
+		newPullCmd(a),
+	)
+	return root
+}
+
+// usageArgs wraps a cobra argument validator so that its failures exit 2.
+func usageArgs(v cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := v(cmd, args); err != nil {
+			return &exitError{code: exitUsage, err: err}
+		}
+		return nil
+	}
+}
+
+// run executes updatectl with args and returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	a := &app{stdout: stdout, stderr: stderr, log: slog.New(slog.NewTextHandler(stderr, nil))}
+	root := newRootCmd(a)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if !ee.silent {
+			fmt.Fprintf(stderr, "updatectl: %v\n", ee.err)
+		}
+		return ee.code
+	}
+	fmt.Fprintf(stderr, "updatectl: %v\n", err)
+	if isUsageError(err) {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+// isUsageError recognises cobra's own usage errors (unknown command).
+func isUsageError(err error) bool {
+	msg := err.Error()
+	return len(msg) > 15 && msg[:15] == "unknown command"
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
