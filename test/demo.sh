@@ -51,7 +51,7 @@ echo "imported image $D"
 "$U" --sysroot "$S" store fsck && echo "store fsck: clean"
 
 step "4. pull from a registry on 127.0.0.1"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$(shuf -i 20000-60000 -n1); while (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; do PORT=$(shuf -i 20000-60000 -n1); done
 mkdir -p "$W/registry"
 cat > "$W/registry.yml" <<EOC
 version: 0.1
