@@ -92,6 +92,9 @@ APT_OPTS=(
 	-o "APT::Architectures::=amd64"
 	-o "APT::Sandbox::User=root"
 	-o "Acquire::Languages=none"
+	-o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+	-o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+	-o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
 )
 
 debfile=""
