@@ -1,0 +1,37 @@
+package erofs
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+)
+
+// FuzzReader feeds arbitrary bytes to Open and Tree: they must return an
+// error or a tree, never panic, hang or allocate beyond the input's size.
+// Seeds: testdata/fuzz/FuzzReader (small reference images, whole and cut
+// short) plus the generated vectors when they are present.
+func FuzzReader(f *testing.F) {
+	imgs, _ := filepath.Glob(filepath.Join(vectorDir, "gen-1039.cfs.gz"))
+	for _, p := range imgs {
+		f.Add(gunzipFile(f, p))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		img, err := Open(bytes.NewReader(data), int64(len(data)))
+		if err != nil {
+			return
+		}
+		root, err := img.Tree()
+		if err != nil {
+			return
+		}
+		nodes := 0
+		_ = root.Walk(func(n *Node) error {
+			nodes++
+			_ = n.Path()
+			return nil
+		})
+		if nodes > len(data) {
+			t.Fatalf("%d nodes from %d bytes", nodes, len(data))
+		}
+	})
+}
