@@ -1,0 +1,328 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/twinroot/twinroot/objstore"
+	"github.com/twinroot/twinroot/verity"
+)
+
+var _ ObjectAdder = (*objstore.Staging)(nil)
+
+// Result describes a committed pull.
+type Result struct {
+	Digest        verity.Digest // composefs digest of the committed image
+	Source        string        // reference, for provenance
+	Manifest      string        // manifest digest
+	Config        string        // config digest
+	Layers        int
+	LayersCached  int   // layers replayed from records, not fetched
+	BytesFetched  int64 // compressed layer bytes downloaded (including retries)
+	ObjectsNew    int
+	ObjectsReused int
+}
+
+// checkpointer is the optional part of a staging that makes the objects of
+// a completed layer durable and visible in objects/ before the commit, so
+// that a pull interrupted later finds them again through the layer record.
+type checkpointer interface {
+	Checkpoint(ctx context.Context) error
+}
+
+// Pull fetches the image ref into the store and commits it, returning the
+// composefs digest. ref is a registry reference ("host/repo:tag",
+// "host/repo@sha256:...", optionally prefixed "docker://"), "oci:DIR[:tag]"
+// or "oci-archive:FILE[:tag]". On any error the store is left without the
+// image (objects already written stay as garbage for gc, or for a later
+// pull of the same layers).
+func Pull(ctx context.Context, store *objstore.Store, ref string, opts ...Option) (res Result, err error) {
+	o := defaultOptions()
+	for _, fn := range opts {
+		fn(&o)
+	}
+	lim := o.limits.withDefaults()
+	plat, err := parsePlatform(o.platform)
+	if err != nil {
+		return res, err
+	}
+	img, closeSrc, err := open(ctx, ref, plat, lim, &o)
+	if err != nil {
+		return res, err
+	}
+	defer closeSrc()
+	res = Result{Source: img.source, Manifest: img.manifestDigest.String(), Config: img.configDigest.String(), Layers: len(img.manifest.Layers)}
+	o.emit(Event{Kind: "resolved", Ref: img.source, Manifest: res.Manifest, Layers: res.Layers})
+	o.log.Info("resolved", "ref", img.source, "manifest", res.Manifest, "layers", res.Layers)
+
+	alg := store.Algorithm()
+	recDir, err := store.StateDir("layers")
+	if err != nil {
+		return res, err
+	}
+
+	// Free space, before anything is fetched.
+	sp := Space{Dir: store.Root(), ReusedAll: true}
+	for i, l := range img.manifest.Layers {
+		if rec, _ := loadRecord(recDir, img.config.RootFS.DiffIDs[i], alg, lim); rec == nil {
+			sp.Fetch += l.Size
+			sp.ReusedAll = false
+		}
+	}
+	sp.Unpack = sp.Fetch * UnpackFactor
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(store.Root(), &sfs); err != nil {
+		return res, fmt.Errorf("statfs %s: %w", store.Root(), err)
+	}
+	sp.Free = int64(sfs.Bavail) * int64(sfs.Bsize)
+	check := o.spaceCheck
+	if check == nil {
+		check = CheckSpace
+	}
+	if err := check(sp); err != nil {
+		return res, err
+	}
+
+	st, err := store.NewStaging(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if err != nil {
+			st.Abort()
+		}
+	}()
+	t := newTree(lim.MaxFiles)
+	for i, desc := range img.manifest.Layers {
+		diffID := img.config.RootFS.DiffIDs[i]
+		t.startLayer()
+		entries, cached, err := o.layerEntries(ctx, img, i, desc, diffID, st, recDir, alg, lim, &res)
+		if err != nil {
+			return res, err
+		}
+		if cached {
+			res.LayersCached++
+		}
+		for j := range entries {
+			if err := t.apply(&entries[j]); err != nil {
+				return res, fmt.Errorf("layer %d (%s): %w", i, desc.Digest, err)
+			}
+		}
+	}
+	o.emit(Event{Kind: "committing", Ref: img.source})
+	meta := objstore.ImageMeta{Source: img.source, Manifest: res.Manifest, Config: res.Config, Labels: labels(img.config)}
+	d, err := st.Commit(ctx, t.finish(), meta)
+	if err != nil {
+		return res, err
+	}
+	res.Digest = d
+	o.emit(Event{Kind: "done", Ref: img.source, Digest: d.Hex(), New: res.ObjectsNew, Reused: res.ObjectsReused})
+	return res, nil
+}
+
+// CheckSpace is the default free-space check: the estimated unpacked size
+// of the layers still to fetch must fit in the store's free space.
+func CheckSpace(sp Space) error {
+	if sp.Unpack > sp.Free {
+		return fmt.Errorf("%w in %s: %d MiB free, about %d MiB needed to unpack %d MiB of layers still to fetch",
+			ErrNoSpace, sp.Dir, sp.Free>>20, sp.Unpack>>20, sp.Fetch>>20)
+	}
+	return nil
+}
+
+func (o *options) emit(e Event) {
+	if o.progress != nil {
+		o.progress(e)
+	}
+}
+
+// labels keeps the config labels for provenance, skipping huge values.
+func labels(c *v1.ConfigFile) map[string]string {
+	if len(c.Config.Labels) == 0 {
+		return nil
+	}
+	out := map[string]string{}
+	for k, v := range c.Config.Labels {
+		if len(k)+len(v) <= 4096 && len(out) < 256 {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// layerEntries returns the entries of layer i: from its record when one
+// exists and all its objects are still stored, else by fetching and
+// unpacking the layer (retrying transfer failures), after which the record
+// is saved.
+func (o *options) layerEntries(ctx context.Context, img *image, i int, desc v1.Descriptor, diffID v1.Hash,
+	st *objstore.Staging, recDir string, alg verity.Algorithm, lim Limits, res *Result) ([]entry, bool, error) {
+	rec, err := loadRecord(recDir, diffID, alg, lim)
+	if err != nil {
+		o.log.Warn("ignoring unreadable layer record", "err", err)
+	}
+	if rec != nil {
+		ok := true
+		reused := 0
+		for _, e := range rec.Entries {
+			if e.Digest.IsZero() {
+				continue
+			}
+			if err := st.LinkObject(ctx, e.Digest); err != nil {
+				if errors.Is(err, objstore.ErrNotFound) {
+					o.log.Info("object of a recorded layer is gone; fetching the layer", "layer", desc.Digest, "object", e.Digest)
+					ok = false
+					break
+				}
+				return nil, false, err
+			}
+			reused++
+		}
+		if ok {
+			res.ObjectsReused += reused
+			o.emit(Event{Kind: "layer-done", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Files: len(rec.Entries), Reused: reused, Cached: true})
+			return rec.Entries, true, nil
+		}
+	}
+
+	var entries []entry
+	var stats layerStats
+	attempt := 0
+	err = withRetry(ctx, o, "layer "+desc.Digest.String(), func() error {
+		attempt++
+		o.emit(Event{Kind: "layer-start", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Attempt: attempt})
+		rc, err := img.from.blob(ctx, desc.Digest)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		var lastEmit time.Time
+		var n int64
+		entries, stats, err = unpackLayer(ctx, rc, desc, diffID, st, lim, func(b int64, s layerStats) {
+			n = b
+			if now := time.Now(); now.Sub(lastEmit) >= 100*time.Millisecond {
+				lastEmit = now
+				o.emit(Event{Kind: "layer-progress", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Bytes: b,
+					Files: s.Entries, New: s.ObjectsNew, Reused: s.ObjectsReused})
+			}
+		})
+		res.BytesFetched += n
+		return err
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("layer %d: %w", i, err)
+	}
+	res.ObjectsNew += stats.ObjectsNew
+	res.ObjectsReused += stats.ObjectsReused
+	o.emit(Event{Kind: "layer-done", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Bytes: desc.Size,
+		Files: stats.Entries, New: stats.ObjectsNew, Reused: stats.ObjectsReused})
+	// Make the layer's objects durable and findable, then remember it.
+	if cp, ok := any(st).(checkpointer); ok {
+		if err := cp.Checkpoint(ctx); err != nil {
+			o.log.Warn("checkpoint failed; not recording the layer", "layer", desc.Digest, "err", err)
+			return entries, false, nil
+		}
+	}
+	if err := saveRecord(recDir, &layerRecord{Version: recordVersion, DiffID: diffID, Algorithm: alg.String(), Entries: entries}, alg); err != nil {
+		o.log.Warn("cannot save layer record", "layer", desc.Digest, "err", err)
+	}
+	return entries, false, nil
+}
+
+// open resolves ref to a verified manifest and config.
+func open(ctx context.Context, ref string, plat v1.Platform, lim Limits, o *options) (*image, func(), error) {
+	switch {
+	case strings.HasPrefix(ref, "oci:"):
+		f, tag, closeFn, err := openOCIDir(strings.TrimPrefix(ref, "oci:"))
+		if err != nil {
+			return nil, nil, err
+		}
+		img, err := resolveOCI(ctx, f, tag, ref, plat, lim)
+		if err != nil {
+			closeFn()
+			return nil, nil, err
+		}
+		return img, closeFn, nil
+	case strings.HasPrefix(ref, "oci-archive:"):
+		f, tag, closeFn, err := openOCIArchive(strings.TrimPrefix(ref, "oci-archive:"))
+		if err != nil {
+			return nil, nil, err
+		}
+		img, err := resolveOCI(ctx, f, tag, ref, plat, lim)
+		if err != nil {
+			closeFn()
+			return nil, nil, err
+		}
+		return img, closeFn, nil
+	}
+	img, err := openRegistry(ctx, ref, plat, lim, o)
+	return img, func() {}, err
+}
+
+// openRegistry resolves a registry reference, trying the mirrors that
+// registries.conf lists for it before the registry itself.
+func openRegistry(ctx context.Context, ref string, plat v1.Platform, lim Limits, o *options) (*image, error) {
+	s := strings.TrimPrefix(ref, "docker://")
+	if strings.Contains(s, "://") {
+		return nil, fmt.Errorf("%w: %q (want docker://, oci: or oci-archive:)", ErrBadReference, ref)
+	}
+	r, err := name.ParseReference(s, name.WeakValidation)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadReference, err)
+	}
+	repo := r.Context().Name()
+	if rest, ok := strings.CutPrefix(repo, name.DefaultRegistry+"/"); ok {
+		repo = "docker.io/" + rest
+	}
+	confPath := o.regConf
+	if confPath == "" {
+		confPath = o.env("CONTAINERS_REGISTRIES_CONF")
+	}
+	if confPath == "" {
+		confPath = DefaultRegistriesConf
+	}
+	conf := &registriesConf{}
+	if confPath != "-" {
+		if conf, err = loadRegistriesConf(confPath); err != nil {
+			return nil, err
+		}
+		if u := conf.unsupported(); len(u) > 0 {
+			o.log.Warn("registries.conf settings not honoured", "path", confPath, "settings", strings.Join(u, ", "))
+		}
+	}
+	_, byDigest := r.(name.Digest)
+	eps, err := conf.endpoints(repo, byDigest)
+	if err != nil {
+		return nil, err
+	}
+	kc := newKeychain(o.authFiles, o.env)
+	source := "docker://" + r.Name()
+	var errs []error
+	for i, ep := range eps {
+		f, err := newRegistryFetcher(ctx, ep, i == len(eps)-1, o, kc)
+		if err == nil {
+			var img *image
+			if img, err = resolve(ctx, f, r.Identifier(), source, plat, lim); err == nil {
+				if ep.mirror {
+					o.log.Info("using mirror", "mirror", ep.repo, "ref", source)
+				}
+				return img, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if len(eps) == 1 {
+			return nil, err
+		}
+		o.log.Warn("endpoint failed", "endpoint", ep.repo, "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", ep.repo, err))
+	}
+	return nil, errors.Join(errs...)
+}
