@@ -182,6 +182,7 @@ type rdRawInode struct {
 	nlink     uint32
 	size      uint64
 	iu        uint32
+	ino       uint32
 	uid, gid  uint32
 	mtime     Timespec
 	xattrBody []byte
@@ -215,6 +216,7 @@ func (img *Image) inode(nid uint64) (*rdRawInode, error) {
 		ri.nlink = uint32(le.Uint16(b[6:]))
 		ri.size = uint64(le.Uint32(b[8:]))
 		ri.iu = le.Uint32(b[16:])
+		ri.ino = le.Uint32(b[20:])
 		ri.uid = uint32(le.Uint16(b[24:]))
 		ri.gid = uint32(le.Uint16(b[26:]))
 		ri.mtime = img.buildTime
@@ -226,6 +228,7 @@ func (img *Image) inode(nid uint64) (*rdRawInode, error) {
 		}
 		ri.size = le.Uint64(b[8:])
 		ri.iu = le.Uint32(b[16:])
+		ri.ino = le.Uint32(b[20:])
 		ri.uid = le.Uint32(b[24:])
 		ri.gid = le.Uint32(b[28:])
 		ri.mtime = Timespec{Sec: int64(le.Uint64(b[32:])), Nsec: le.Uint32(b[40:])}
@@ -472,8 +475,11 @@ const (
 
 // rdTreeBuilder carries the state of one Tree call.
 type rdTreeBuilder struct {
-	img  *Image
-	seen map[uint64]*Node // nid -> first node read from it
+	img   *Image
+	seen  map[uint64]*Node  // nid -> first node read from it
+	ino   map[*Node]uint32  // node read from an inode -> its i_ino
+	links map[*Node][]*Node // node -> hardlink entries naming it
+	ents  map[*Node][]*Node // directory -> its entries in dirent order, nil for skipped whiteouts
 }
 
 // Tree reads the whole image back into the source tree it was written
@@ -486,7 +492,8 @@ type rdTreeBuilder struct {
 // inodes reached again become hardlink entries (Link) to the first one
 // met in depth-first name order.
 func (img *Image) Tree() (*Node, error) {
-	tb := &rdTreeBuilder{img: img, seen: make(map[uint64]*Node)}
+	tb := &rdTreeBuilder{img: img, seen: make(map[uint64]*Node), ino: make(map[*Node]uint32),
+		links: make(map[*Node][]*Node), ents: make(map[*Node][]*Node)}
 	root, skip, err := tb.node(img.rootNid, "", 0)
 	if err != nil {
 		return nil, err
@@ -494,7 +501,66 @@ func (img *Image) Tree() (*Node, error) {
 	if skip || !root.IsDir() {
 		return nil, fmt.Errorf("%w: root nid %d is not a directory", ErrCorrupt, img.rootNid)
 	}
+	tb.pickPrimaries(root)
 	return root, nil
+}
+
+// pickPrimaries makes, for each hardlinked inode, the name the writer
+// serialized it under the primary entry. The writer numbers inodes (i_ino)
+// breadth first over the non-hardlink entries, so walking the entries in
+// the same order, the primary is the entry met when the count of real
+// entries so far equals the inode's i_ino. (When a hardlink entry comes
+// right before its primary both choices give the same image.) Images that
+// do not number inodes this way keep the first name in depth-first order.
+func (tb *rdTreeBuilder) pickPrimaries(root *Node) {
+	if len(tb.links) == 0 {
+		return
+	}
+	chosen := make(map[*Node]*Node) // first-met node -> entry to become primary
+	k := uint32(1)                  // the root is inode 0
+	queue := []*Node{root}
+	for len(queue) > 0 {
+		dir := queue[0]
+		queue = queue[1:]
+		for _, c := range tb.ents[dir] {
+			if c == nil { // a skipped whiteout was a real inode
+				k++
+				continue
+			}
+			p := c
+			if c.Link != nil {
+				p = c.Link
+			}
+			if _, ok := tb.links[p]; !ok {
+				k++
+				if c.Link == nil && c.IsDir() {
+					queue = append(queue, c)
+				}
+				continue
+			}
+			if chosen[p] != nil || tb.ino[p] != k {
+				continue
+			}
+			chosen[p] = c
+			k++
+		}
+	}
+	for p, e := range chosen {
+		if e != p {
+			tb.swapPrimary(p, e)
+		}
+	}
+}
+
+// swapPrimary moves the inode of primary p to its hardlink entry e.
+func (tb *rdTreeBuilder) swapPrimary(p, e *Node) {
+	e.Inode, e.Link = p.Inode, nil
+	p.Inode, p.Link = Inode{}, e
+	for _, l := range tb.links[p] {
+		if l != e {
+			l.Link = e
+		}
+	}
 }
 
 // node reads the inode nid into a new node called name. skip reports an
@@ -504,7 +570,9 @@ func (tb *rdTreeBuilder) node(nid uint64, name string, depth int) (n *Node, skip
 		if prev.IsDir() {
 			return nil, false, fmt.Errorf("%w: nid %d: directory %s is reached a second time at %q (cycle or directory hardlink)", ErrCorrupt, nid, prev.Path(), name)
 		}
-		return &Node{Name: name, Link: prev}, false, nil
+		l := &Node{Name: name, Link: prev}
+		tb.links[prev] = append(tb.links[prev], l)
+		return l, false, nil
 	}
 	if depth > rdMaxTreeDepth {
 		return nil, false, fmt.Errorf("%w: nid %d: directory tree deeper than %d", ErrCorrupt, nid, rdMaxTreeDepth)
@@ -524,6 +592,7 @@ func (tb *rdTreeBuilder) node(nid uint64, name string, depth int) (n *Node, skip
 		Mode: ri.mode, Nlink: ri.nlink, UID: ri.uid, GID: ri.gid, Mtime: ri.mtime,
 	}}
 	tb.seen[nid] = n
+	tb.ino[n] = ri.ino
 	switch typ {
 	case ModeChar, ModeBlock:
 		n.Rdev = ri.iu
@@ -558,6 +627,7 @@ func (tb *rdTreeBuilder) node(nid uint64, name string, depth int) (n *Node, skip
 		return nil, false, fmt.Errorf("%w: nid %d: %v", ErrCorrupt, nid, err)
 	}
 	if typ == ModeDir {
+		n.Size = ri.size // as composefs-info dump shows it; the writer recomputes it
 		if err := tb.readDir(n, ri, depth); err != nil {
 			return nil, false, err
 		}
@@ -583,8 +653,10 @@ func (tb *rdTreeBuilder) readDir(n *Node, ri *rdRawInode, depth int) error {
 			return err
 		}
 		if skip {
+			tb.ents[n] = append(tb.ents[n], nil)
 			continue
 		}
+		tb.ents[n] = append(tb.ents[n], c)
 		// Dirents are sorted: append in the common case, insert otherwise.
 		if k := len(n.Children); k == 0 || n.Children[k-1].Name < c.Name {
 			c.Parent = n
