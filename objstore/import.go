@@ -1,0 +1,270 @@
+package objstore
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+
+	"github.com/twinroot/twinroot/erofs"
+	"github.com/twinroot/twinroot/verity"
+)
+
+// InlineMax is the largest regular file an imported directory tree keeps
+// inline in image.cfs instead of as an object (mkcomposefs does the same
+// for a directory source).
+const InlineMax = 64
+
+// ImportOptions configure ImportDir.
+type ImportOptions struct {
+	// Meta is recorded with the image; Source defaults to "import:<abs path>".
+	Meta ImageMeta
+	// Workers is the number of files ingested at once (0 = 2 × GOMAXPROCS).
+	Workers int
+	// Progress, when set, is called as files are ingested.
+	Progress func(Progress)
+}
+
+// ImportResult describes an imported tree.
+type ImportResult struct {
+	Digest  verity.Digest // composefs digest of the committed image
+	Files   int           // regular files stored as objects
+	Added   int           // of which were new to the store
+	Bytes   int64         // bytes read
+	Elapsed time.Duration
+}
+
+// ImportDir turns the directory tree src into objects and a committed
+// image: each regular file larger than InlineMax bytes is read once,
+// streamed through Staging.AddObject (digested while written) on several
+// workers, and the tree with the digests becomes image.cfs.
+func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (ImportResult, error) {
+	start := time.Now()
+	var res ImportResult
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		return res, err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return res, fmt.Errorf("objstore: import: %w", err)
+	}
+	if !fi.IsDir() {
+		return res, fmt.Errorf("objstore: import: %s: %w", abs, unix.ENOTDIR)
+	}
+	st, err := s.NewStaging(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer st.Abort()
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	var files, added, done atomic.Int64
+	var bytes atomic.Int64
+	w := &treeWalker{links: map[inodeKey]*erofs.Node{}}
+	w.file = func(n *erofs.Node, path string) {
+		files.Add(1)
+		g.Go(func() error {
+			f, err := os.Open(path)
+			if err != nil {
+				return fmt.Errorf("objstore: import: %w", err)
+			}
+			defer f.Close()
+			d, new, err := st.AddObject(gctx, f, int64(n.Size))
+			if err != nil {
+				return fmt.Errorf("objstore: import %s: %w", path, err)
+			}
+			n.Digest = d
+			n.Payload = d.ObjectPath()
+			if new {
+				added.Add(1)
+			}
+			b := bytes.Add(int64(n.Size))
+			c := done.Add(1)
+			if opts.Progress != nil {
+				opts.Progress(Progress{Op: "import", Done: c, Total: files.Load(), Bytes: b})
+			}
+			return nil
+		})
+	}
+	root, werr := w.build(gctx, abs)
+	if err := g.Wait(); err != nil {
+		return res, err
+	}
+	if werr != nil {
+		return res, werr
+	}
+	meta := opts.Meta
+	if meta.Source == "" {
+		meta.Source = "import:" + abs
+	}
+	d, err := st.Commit(ctx, root, meta)
+	if err != nil {
+		return res, err
+	}
+	res = ImportResult{Digest: d, Files: int(files.Load()), Added: int(added.Load()), Bytes: bytes.Load(), Elapsed: time.Since(start)}
+	return res, nil
+}
+
+// treeWalker builds an erofs tree from a directory.
+type treeWalker struct {
+	links map[inodeKey]*erofs.Node
+	file  func(n *erofs.Node, path string) // a regular file to store as an object
+}
+
+func (w *treeWalker) build(ctx context.Context, dir string) (*erofs.Node, error) {
+	var sb unix.Stat_t
+	if err := unix.Lstat(dir, &sb); err != nil {
+		return nil, fmt.Errorf("objstore: import: %s: %w", dir, err)
+	}
+	root := erofs.NewRoot(sb.Mode & 0o7777)
+	if err := w.fill(root, dir, &sb); err != nil {
+		return nil, err
+	}
+	if err := w.dir(ctx, root, dir); err != nil {
+		return nil, err
+	}
+	return root, nil
+}
+
+func (w *treeWalker) dir(ctx context.Context, parent *erofs.Node, dir string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	names, err := readNames(dir)
+	if err != nil {
+		return fmt.Errorf("objstore: import: %w", err)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		p := filepath.Join(dir, name)
+		var sb unix.Stat_t
+		if err := unix.Lstat(p, &sb); err != nil {
+			return fmt.Errorf("objstore: import: %s: %w", p, err)
+		}
+		n := &erofs.Node{Name: name}
+		key := inodeKey{sb.Dev, sb.Ino}
+		if sb.Mode&unix.S_IFMT != unix.S_IFDIR && sb.Nlink > 1 {
+			if prim := w.links[key]; prim != nil {
+				n.Link = prim
+				prim.Nlink++
+				if err := parent.AddChild(n); err != nil {
+					return fmt.Errorf("objstore: import: %s: %w", p, err)
+				}
+				continue
+			}
+		}
+		if err := w.fill(n, p, &sb); err != nil {
+			return err
+		}
+		if err := parent.AddChild(n); err != nil {
+			return fmt.Errorf("objstore: import: %s: %w", p, err)
+		}
+		if sb.Mode&unix.S_IFMT != unix.S_IFDIR && sb.Nlink > 1 {
+			n.Nlink = 1
+			w.links[key] = n
+		}
+		if n.IsDir() {
+			if err := w.dir(ctx, n, p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// fill sets a node's inode from lstat data, reading symlink targets,
+// xattrs and small file contents, and handing larger files to w.file.
+func (w *treeWalker) fill(n *erofs.Node, p string, sb *unix.Stat_t) error {
+	n.Mode = sb.Mode
+	n.Nlink = 1
+	n.UID, n.GID = sb.Uid, sb.Gid
+	n.Mtime = erofs.Timespec{Sec: sb.Mtim.Sec, Nsec: uint32(sb.Mtim.Nsec)}
+	xs, err := readXattrs(p)
+	if err != nil {
+		return fmt.Errorf("objstore: import: %s: %w", p, err)
+	}
+	n.Xattrs = xs
+	switch sb.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		n.Nlink = 2
+	case unix.S_IFLNK:
+		t, err := os.Readlink(p)
+		if err != nil {
+			return fmt.Errorf("objstore: import: %w", err)
+		}
+		n.Inode.Target = t
+		n.Size = uint64(len(t))
+	case unix.S_IFCHR, unix.S_IFBLK:
+		n.Rdev = uint32(sb.Rdev)
+	case unix.S_IFREG:
+		n.Size = uint64(sb.Size)
+		switch {
+		case sb.Size == 0:
+		case sb.Size <= InlineMax:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return fmt.Errorf("objstore: import: %w", err)
+			}
+			if int64(len(b)) != sb.Size {
+				return fmt.Errorf("objstore: import: %s changed while read", p)
+			}
+			n.Content = b
+		default:
+			w.file(n, p)
+		}
+	}
+	return nil
+}
+
+// readXattrs returns a file's extended attributes, sorted by name.
+func readXattrs(p string) ([]erofs.Xattr, error) {
+	sz, err := unix.Llistxattr(p, nil)
+	if err != nil {
+		if err == unix.ENOTSUP {
+			return nil, nil
+		}
+		return nil, err
+	}
+	if sz == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, sz)
+	sz, err = unix.Llistxattr(p, buf)
+	if err != nil {
+		return nil, err
+	}
+	var out []erofs.Xattr
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
+		if name == "" {
+			continue
+		}
+		vs, err := unix.Lgetxattr(p, name, nil)
+		if err != nil {
+			if err == unix.ENODATA {
+				continue
+			}
+			return nil, err
+		}
+		v := make([]byte, vs)
+		vs, err = unix.Lgetxattr(p, name, v)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, erofs.Xattr{Name: name, Value: v[:vs]})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}

@@ -1,0 +1,636 @@
+package objstore
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/twinroot/twinroot/erofs"
+	"github.com/twinroot/twinroot/verity"
+)
+
+// ImageMeta is an image's provenance, kept in images/<digest>/meta.json.
+type ImageMeta struct {
+	// Source is the reference as given: docker://host/repo:tag,
+	// oci:DIR:tag, or import:/path.
+	Source string `json:"source,omitempty"`
+	// Manifest is the manifest digest (sha256:...).
+	Manifest string `json:"manifest,omitempty"`
+	// Config is the config digest.
+	Config string `json:"config,omitempty"`
+	// Labels are selected image labels.
+	Labels map[string]string `json:"labels,omitempty"`
+	// Created is the commit time (set by Commit when zero).
+	Created time.Time `json:"created"`
+	// Extra is free-form data of the committing package.
+	Extra json.RawMessage `json:"extra,omitempty"`
+}
+
+// Staging collects the objects of one image being built, in a private
+// directory under tmp/ that holds an exclusive flock on tmp/<name>.lock for
+// its whole life. Its methods are safe for concurrent use.
+type Staging struct {
+	s     *Store
+	name  string
+	dir   string   // tmp/<name>
+	lockf *os.File // tmp/<name>.lock, LOCK_EX
+	gcf   *os.File // own description of gc.lock, for shared locks
+
+	mu      sync.Mutex
+	fanout  map[string]bool
+	staged  map[verity.Digest]int64 // everything in dir, with its size
+	pending map[verity.Digest]bool  // new content, not yet in objects/
+	done    bool
+}
+
+// newStagingDir creates tmp/<name>.lock, locks it exclusively, checks it is
+// still the file at that name (a concurrent cleaner may have removed it
+// between creation and locking), then creates tmp/<name>/.
+func (s *Store) newStagingDir() (*Staging, error) {
+	tmp := filepath.Join(s.root, dirTmp)
+	for range 100 {
+		var rb [8]byte
+		_, _ = rand.Read(rb[:])
+		name := "st-" + strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(rb[:])
+		lp := filepath.Join(tmp, name+".lock")
+		f, err := os.OpenFile(lp, os.O_RDONLY|os.O_CREATE|os.O_EXCL|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("objstore: creating staging lock %s: %w", lp, err)
+		}
+		if err := flock(f, unix.LOCK_EX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("objstore: locking %s: %w", lp, err)
+		}
+		var a, b unix.Stat_t
+		if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat(lp, &b) != nil || a.Ino != b.Ino || a.Dev != b.Dev {
+			f.Close() // removed by a cleaner before we locked it: try again
+			continue
+		}
+		dir := filepath.Join(tmp, name)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			os.Remove(lp)
+			f.Close()
+			return nil, fmt.Errorf("objstore: creating staging directory: %w", err)
+		}
+		return &Staging{s: s, name: name, dir: dir, lockf: f,
+			fanout: map[string]bool{}, staged: map[verity.Digest]int64{}, pending: map[verity.Digest]bool{}}, nil
+	}
+	return nil, fmt.Errorf("objstore: cannot create a staging directory in %s", tmp)
+}
+
+// remove deletes the staging directory, then its lock file, then releases
+// the lock (a cleaner that sees the lock file can always lock it or skip).
+func (st *Staging) remove() error {
+	err := os.RemoveAll(st.dir)
+	if e := os.Remove(st.dir + ".lock"); e != nil && !errors.Is(e, fs.ErrNotExist) && err == nil {
+		err = e
+	}
+	st.lockf.Close()
+	if st.gcf != nil {
+		st.gcf.Close()
+	}
+	return err
+}
+
+// NewStaging starts building an image. Commit or Abort it.
+func (s *Store) NewStaging(ctx context.Context) (*Staging, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	s.VeritySupported()
+	st, err := s.newStagingDir()
+	if err != nil {
+		return nil, err
+	}
+	if st.gcf, err = s.gcLock(); err != nil {
+		st.remove()
+		return nil, err
+	}
+	return st, nil
+}
+
+// Dir returns the staging directory (the image's future reference dir).
+func (st *Staging) Dir() string { return st.dir }
+
+func (st *Staging) lockShared() error {
+	if st.s.noGCLock {
+		return nil
+	}
+	return flock(st.gcf, unix.LOCK_SH)
+}
+
+func (st *Staging) unlock() {
+	if !st.s.noGCLock {
+		_ = flock(st.gcf, unix.LOCK_UN)
+	}
+}
+
+// mkfanout creates STAGING/xx once. Call with st.mu held.
+func (st *Staging) mkfanout(d verity.Digest) error {
+	x := d.Hex()[:2]
+	if st.fanout[x] {
+		return nil
+	}
+	if err := os.Mkdir(filepath.Join(st.dir, x), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("objstore: %w", err)
+	}
+	st.fanout[x] = true
+	return nil
+}
+
+// tmpFile is a file being written: an O_TMPFILE, or a named temporary file
+// when the filesystem has no O_TMPFILE.
+type tmpFile struct {
+	f    *os.File
+	name string // "" for O_TMPFILE
+}
+
+func (st *Staging) createTmp() (*tmpFile, error) {
+	fd, err := unix.Open(st.dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return &tmpFile{f: os.NewFile(uintptr(fd), st.dir+"/(tmpfile)")}, nil
+	}
+	if err != unix.EOPNOTSUPP && err != unix.EISDIR && err != unix.EINVAL {
+		return nil, fmt.Errorf("objstore: creating object in %s: %w", st.dir, err)
+	}
+	f, err := os.CreateTemp(st.dir, ".tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("objstore: creating object: %w", err)
+	}
+	return &tmpFile{f: f, name: f.Name()}, nil
+}
+
+func (t *tmpFile) discard() {
+	t.f.Close()
+	if t.name != "" {
+		os.Remove(t.name)
+	}
+}
+
+// linkTo gives the temporary file the name dst.
+func (t *tmpFile) linkTo(dst string) error {
+	if t.name != "" {
+		return unix.Linkat(unix.AT_FDCWD, t.name, unix.AT_FDCWD, dst, 0)
+	}
+	p := "/proc/self/fd/" + strconv.Itoa(int(t.f.Fd()))
+	return unix.Linkat(unix.AT_FDCWD, p, unix.AT_FDCWD, dst, unix.AT_SYMLINK_FOLLOW)
+}
+
+// AddObject streams r into a new object, digesting it while it is written
+// (size is the expected length, -1 when unknown; a mismatch fails with
+// ErrSizeMismatch). When objects/ already holds the digest, that object is
+// linked into the staging directory and the new copy dropped (added is
+// false); otherwise the new file becomes STAGING/xx/rest (read-only, with
+// fs-verity where supported) and is linked into objects/ at Commit, after
+// the syncfs barrier. Takes the shared gc lock while linking.
+func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d verity.Digest, added bool, err error) {
+	s := st.s
+	t, err := st.createTmp()
+	if err != nil {
+		return d, false, err
+	}
+	defer func() {
+		if t != nil {
+			t.discard()
+		}
+	}()
+	bp := s.bufs.Get().(*[]byte)
+	h := verity.New(s.alg)
+	n, err := io.CopyBuffer(io.MultiWriter(t.f, h), ctxReader{ctx, r}, *bp)
+	s.bufs.Put(bp)
+	if err != nil {
+		return d, false, fmt.Errorf("objstore: writing object: %w", err)
+	}
+	if size >= 0 && n != size {
+		return d, false, fmt.Errorf("objstore: %w: got %d bytes, expected %d", ErrSizeMismatch, n, size)
+	}
+	d = h.Sum()
+	if err := t.f.Chmod(0o444); err != nil {
+		return d, false, fmt.Errorf("objstore: %w", err)
+	}
+	s.crashPoint("add.written")
+
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		return d, false, ErrClosed
+	}
+	if _, ok := st.staged[d]; ok {
+		return d, false, nil
+	}
+	if err := st.mkfanout(d); err != nil {
+		return d, false, err
+	}
+	dst := filepath.Join(st.dir, d.ObjectPath())
+	existing, err := st.linkExisting(d, dst, n)
+	if err != nil {
+		return d, false, err
+	}
+	if existing {
+		st.staged[d] = n
+		s.crashPoint("add.linked-existing")
+		return d, false, nil
+	}
+	if err := t.linkTo(dst); err != nil {
+		return d, false, fmt.Errorf("objstore: placing object %s: %w", d, err)
+	}
+	s.crashPoint("add.placed")
+	t.discard() // closes the writable descriptor, needed before enabling verity
+	t = nil
+	if s.VeritySupported() {
+		if err := s.sealObject(dst, d); err != nil {
+			os.Remove(dst)
+			return d, false, err
+		}
+	}
+	st.staged[d] = n
+	st.pending[d] = true
+	return d, true, nil
+}
+
+// linkExisting links objects/<d> to dst under the shared gc lock. It
+// reports false when objects/ has no such object (or a broken one whose
+// size differs, which fsck reports).
+func (st *Staging) linkExisting(d verity.Digest, dst string, size int64) (bool, error) {
+	if err := st.lockShared(); err != nil {
+		return false, fmt.Errorf("objstore: gc lock: %w", err)
+	}
+	defer st.unlock()
+	err := unix.Linkat(unix.AT_FDCWD, st.s.ObjectPath(d), unix.AT_FDCWD, dst, 0)
+	if err == unix.ENOENT {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("objstore: linking object %s: %w", d, err)
+	}
+	if size >= 0 {
+		var sb unix.Stat_t
+		if unix.Lstat(dst, &sb) != nil || sb.Size != size || sb.Mode&unix.S_IFMT != unix.S_IFREG {
+			os.Remove(dst)
+			st.s.log.Warn("object in objects/ has the wrong size; keeping a new copy", "digest", d)
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// sealObject enables fs-verity on a placed object and checks the kernel's
+// measurement against the digest computed while writing.
+func (s *Store) sealObject(path string, d verity.Digest) error {
+	var err error
+	for range 20 { // ETXTBSY: a child forked while the descriptor was writable
+		var f *os.File
+		f, err = os.Open(path)
+		if err != nil {
+			return fmt.Errorf("objstore: %w", err)
+		}
+		err = verity.Enable(f, s.alg)
+		if err == nil || errors.Is(err, verity.ErrAlreadyEnabled) {
+			m, merr := verity.Measure(f)
+			f.Close()
+			if merr != nil {
+				return fmt.Errorf("objstore: measuring %s: %w", path, merr)
+			}
+			if m != d {
+				return fmt.Errorf("objstore: %s: %w: kernel measured %s, computed %s", path, ErrCorrupt, m, d)
+			}
+			return nil
+		}
+		f.Close()
+		if !errors.Is(err, verity.ErrFileBusy) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return fmt.Errorf("objstore: enabling fs-verity on %s: %w", path, err)
+}
+
+// LinkObject adds the existing object d to the image without its content
+// (taking the shared gc lock). It fails with ErrNotFound when objects/ has
+// no such object.
+func (st *Staging) LinkObject(ctx context.Context, d verity.Digest) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d.Algorithm() != st.s.alg {
+		return fmt.Errorf("objstore: object %s: %w", d, ErrAlgorithm)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		return ErrClosed
+	}
+	if _, ok := st.staged[d]; ok {
+		return nil
+	}
+	if err := st.mkfanout(d); err != nil {
+		return err
+	}
+	dst := filepath.Join(st.dir, d.ObjectPath())
+	ok, err := st.linkExisting(d, dst, -1)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("objstore: object %s: %w", d, ErrNotFound)
+	}
+	var sb unix.Stat_t
+	if err := unix.Lstat(dst, &sb); err != nil {
+		return fmt.Errorf("objstore: %w", err)
+	}
+	st.staged[d] = sb.Size
+	return nil
+}
+
+// Has reports whether the staging directory holds object d.
+func (st *Staging) Has(d verity.Digest) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	_, ok := st.staged[d]
+	return ok
+}
+
+// Abort drops the staging directory. It is idempotent, and what a failed
+// Commit leaves behind. Objects already linked into objects/ stay there as
+// garbage for gc.
+func (st *Staging) Abort() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		return nil
+	}
+	st.done = true
+	return st.remove()
+}
+
+// Commit turns the staging directory into images/<digest>: it checks that
+// every external file of root is staged (and drops staged objects root does
+// not reference), syncs the filesystem (the barrier before anything
+// references the new objects), links the new objects into objects/ (on
+// EEXIST the existing inode replaces the staged copy), writes image.cfs and
+// meta.json, syncs again, and renames the directory into images/. It
+// returns the composefs digest (fs-verity digest of image.cfs). Committing
+// an image that already exists succeeds with the same digest. On failure
+// the staging is aborted.
+func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta) (d verity.Digest, err error) {
+	s := st.s
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		return d, ErrClosed
+	}
+	defer func() {
+		if err != nil {
+			st.done = true
+			st.remove()
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return d, err
+	}
+	// 1. Every referenced object is staged; nothing else is.
+	refs := map[string]bool{}
+	err = root.Walk(func(n *erofs.Node) error {
+		if n.Link != nil || n.Type() != erofs.ModeReg || n.Payload == "" {
+			return nil
+		}
+		if refs[n.Payload] {
+			return nil
+		}
+		refs[n.Payload] = true
+		var sb unix.Stat_t
+		if err := unix.Lstat(filepath.Join(st.dir, n.Payload), &sb); err != nil {
+			return fmt.Errorf("objstore: commit: %s references object %s which is not staged: %w", n.Path(), n.Payload, ErrNotFound)
+		}
+		if uint64(sb.Size) != n.Size {
+			return fmt.Errorf("objstore: commit: %s: %w: object %s has %d bytes, tree says %d", n.Path(), ErrSizeMismatch, n.Payload, sb.Size, n.Size)
+		}
+		return nil
+	})
+	if err != nil {
+		return d, err
+	}
+	for od := range st.staged {
+		if !refs[od.ObjectPath()] {
+			if err := os.Remove(filepath.Join(st.dir, od.ObjectPath())); err != nil {
+				return d, fmt.Errorf("objstore: commit: %w", err)
+			}
+			delete(st.staged, od)
+			delete(st.pending, od)
+		}
+	}
+	// 2. Barrier: the new objects' content is durable before objects/ or an
+	// image names them.
+	if err := s.syncfs(); err != nil {
+		return d, err
+	}
+	s.crashPoint("commit.synced")
+	// 3. Index the new objects.
+	if err := st.indexPending(); err != nil {
+		return d, err
+	}
+	// 4. image.cfs, meta.json, .lock.
+	d, err = st.writeImage(root)
+	if err != nil {
+		return d, err
+	}
+	s.crashPoint("commit.image-written")
+	if meta.Created.IsZero() {
+		meta.Created = time.Now().UTC()
+	}
+	mb, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return d, fmt.Errorf("objstore: commit: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(st.dir, fileMeta), append(mb, '\n'), 0o444); err != nil {
+		return d, fmt.Errorf("objstore: commit: %w", err)
+	}
+	lf, err := os.OpenFile(filepath.Join(st.dir, fileLock), os.O_CREATE|os.O_RDONLY, 0o600)
+	if err != nil {
+		return d, fmt.Errorf("objstore: commit: %w", err)
+	}
+	lf.Close()
+	// 5. Second barrier: image.cfs, meta.json and the objects/ links.
+	if err := s.syncfs(); err != nil {
+		return d, err
+	}
+	s.crashPoint("commit.synced2")
+	// 6. Publish.
+	dst := s.ImageDir(d)
+	for attempt := 0; ; attempt++ {
+		err = unix.Renameat2(unix.AT_FDCWD, st.dir, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)
+		if err == nil {
+			break
+		}
+		if err != unix.EEXIST && err != unix.ENOTEMPTY {
+			return d, fmt.Errorf("objstore: commit: publishing %s: %w", dst, err)
+		}
+		// Already committed by someone else. If it vanishes (a concurrent
+		// removal) before we see it, try again.
+		var sb unix.Stat_t
+		if unix.Stat(filepath.Join(dst, fileImage), &sb) == nil || attempt > 10 {
+			st.done = true
+			st.remove()
+			return d, nil
+		}
+	}
+	s.crashPoint("commit.renamed")
+	st.done = true
+	if err := syncDir(filepath.Join(s.root, dirImages)); err != nil {
+		st.remove()
+		return d, fmt.Errorf("objstore: commit: %w", err)
+	}
+	st.remove() // the lock file; the directory has moved
+	return d, nil
+}
+
+// indexPending links every new object into objects/ under the shared gc
+// lock. When objects/ got the digest meanwhile (a concurrent import), the
+// existing inode replaces the staged copy, keeping one inode per content.
+func (st *Staging) indexPending() error {
+	s := st.s
+	if len(st.pending) == 0 {
+		return nil
+	}
+	if err := st.lockShared(); err != nil {
+		return fmt.Errorf("objstore: gc lock: %w", err)
+	}
+	defer st.unlock()
+	made := map[string]bool{}
+	for od := range st.pending {
+		x := od.Hex()[:2]
+		if !made[x] {
+			if err := os.Mkdir(filepath.Join(s.root, dirObjects, x), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("objstore: %w", err)
+			}
+			made[x] = true
+		}
+		src := filepath.Join(st.dir, od.ObjectPath())
+		obj := s.ObjectPath(od)
+		err := unix.Linkat(unix.AT_FDCWD, src, unix.AT_FDCWD, obj, 0)
+		if err == unix.EEXIST {
+			tmp := filepath.Join(st.dir, x, ".dedup-"+od.Hex()[2:])
+			if unix.Linkat(unix.AT_FDCWD, obj, unix.AT_FDCWD, tmp, 0) == nil {
+				var a, b unix.Stat_t
+				if unix.Lstat(tmp, &a) == nil && unix.Lstat(src, &b) == nil && a.Size == b.Size {
+					if e := os.Rename(tmp, src); e != nil {
+						os.Remove(tmp)
+					}
+				} else {
+					os.Remove(tmp)
+				}
+			}
+			err = nil
+		}
+		if err != nil {
+			return fmt.Errorf("objstore: indexing object %s: %w", od, err)
+		}
+		s.crashPoint("commit.indexed")
+	}
+	st.pending = map[verity.Digest]bool{}
+	return nil
+}
+
+// writeImage writes STAGING/image.cfs and returns its fs-verity digest.
+func (st *Staging) writeImage(root *erofs.Node) (verity.Digest, error) {
+	p := filepath.Join(st.dir, fileImage)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return verity.Digest{}, fmt.Errorf("objstore: commit: %w", err)
+	}
+	h := verity.New(st.s.alg)
+	bw := bufio.NewWriterSize(io.MultiWriter(f, h), 256<<10)
+	if err := erofs.Write(bw, root, erofs.WriteOptions{}); err != nil {
+		f.Close()
+		return verity.Digest{}, fmt.Errorf("objstore: commit: writing image: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
+		f.Close()
+		return verity.Digest{}, fmt.Errorf("objstore: commit: writing %s: %w", p, err)
+	}
+	if err := f.Close(); err != nil {
+		return verity.Digest{}, fmt.Errorf("objstore: commit: writing %s: %w", p, err)
+	}
+	d := h.Sum()
+	if st.s.VeritySupported() {
+		if err := st.s.sealObject(p, d); err != nil {
+			return d, err
+		}
+	}
+	return d, nil
+}
+
+// cleanTmp removes staging leftovers that no live process holds: for each
+// tmp/<name>.lock it can lock exclusively, tmp/<name>/ and the lock file;
+// directories without a lock file; stray files.
+func (s *Store) cleanTmp() error {
+	tmp := filepath.Join(s.root, dirTmp)
+	ents, err := os.ReadDir(tmp)
+	if err != nil {
+		return err
+	}
+	var firstErr error
+	for _, e := range ents {
+		name := e.Name()
+		p := filepath.Join(tmp, name)
+		base := strings.TrimSuffix(name, ".lock")
+		if base == name && e.IsDir() {
+			// A directory is created after its lock file, and the lock file
+			// is removed after the directory: no lock file means an orphan.
+			if _, err := os.Lstat(p + ".lock"); err == nil {
+				continue // handled through its lock file
+			}
+		}
+		if base != name {
+			f, err := os.Open(p)
+			if err != nil {
+				continue // removed meanwhile
+			}
+			if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+				f.Close() // a live process owns it
+				continue
+			}
+			var a, b unix.Stat_t
+			if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat(p, &b) != nil || a.Ino != b.Ino {
+				f.Close()
+				continue
+			}
+			err = os.RemoveAll(filepath.Join(tmp, base))
+			if err == nil {
+				err = os.Remove(p)
+			}
+			f.Close()
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
