@@ -65,6 +65,27 @@ var ErrUnknownAlgorithm = errors.New("verity: unknown hash algorithm")
 // ErrBadDigest is returned when a digest string does not parse.
 var ErrBadDigest = errors.New("verity: malformed digest")
 
+// Errors about files. They are always wrapped with the file's path
+// ("PATH: reason"), so their text has no "verity:" prefix.
+var (
+	// ErrNotRegular: DigestFile was given a directory, FIFO, device,
+	// socket or other non-regular file.
+	ErrNotRegular = errors.New("not a regular file")
+	// ErrNotSupported: the kernel or the filesystem does not support
+	// fs-verity (the ioctl failed with EOPNOTSUPP or ENOTTY). On ext4 and
+	// f2fs the filesystem also needs the "verity" feature flag.
+	ErrNotSupported = errors.New("fs-verity not supported by the kernel or filesystem")
+	// ErrNotEnabled: Measure on a file that has no fs-verity (ENODATA).
+	ErrNotEnabled = errors.New("fs-verity not enabled on the file")
+	// ErrFileBusy: Enable on a file that has a writable file descriptor
+	// open somewhere (ETXTBSY), possibly one inherited by a forked child
+	// that has not yet called exec. Retrying later may succeed.
+	ErrFileBusy = errors.New("file is open for writing")
+	// ErrAlreadyEnabled: Enable on a file that already has fs-verity
+	// (EEXIST). Measure gives its digest.
+	ErrAlreadyEnabled = errors.New("fs-verity already enabled on the file")
+)
+
 // Digest is an fs-verity file digest together with its algorithm. It is a
 // comparable value: two digests are equal when algorithm and bytes are. The
 // zero Digest is invalid (IsZero reports true).
