@@ -1,6 +1,7 @@
 package erofs
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -753,4 +754,21 @@ func rdDropXattr(xs []Xattr, name, value string) []Xattr {
 // rdSortXattrs sorts xattrs by name, bytewise.
 func rdSortXattrs(xs []Xattr) {
 	sort.SliceStable(xs, func(i, j int) bool { return xs[i].Name < xs[j].Name })
+}
+
+// ImageDigest returns the composefs digest of the image file at path: the
+// fs-verity SHA-256 digest of its bytes (what `mkcomposefs --print-digest`
+// prints and the kernel's composefs= argument names). The file must be a
+// composefs image.
+func ImageDigest(ctx context.Context, path string) (verity.Digest, error) {
+	img, err := OpenFile(path)
+	if err != nil {
+		return verity.Digest{}, err
+	}
+	img.Close()
+	d, err := verity.DigestFile(ctx, path, verity.SHA256)
+	if err != nil {
+		return verity.Digest{}, fmt.Errorf("erofs: digest of %s: %w", path, err)
+	}
+	return d, nil
 }
