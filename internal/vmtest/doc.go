@@ -25,8 +25,10 @@
 // RunContext writes a second newc archive after base.cpio holding the
 // generated /init, /dev/console and Config.Files (the kernel unpacks
 // concatenated archives in order). Each Disk without an Image is a sparse
-// file formatted on the host with mkfs.ext4 (-O verity if asked) and attached
-// as a virtio drive (cache=unsafe: the file is thrown away). /init mounts
+// file formatted on the host with mkfs.ext4 (-O verity if asked, -d to fill
+// it from a host directory) and attached as a virtio drive (cache=unsafe:
+// the file is thrown away); a Disk with an Image attaches a host file (an
+// EROFS image, say) as it is, mounted if FSType is set. /init mounts
 // proc, sys and devtmpfs, loads the modules, mounts the fresh disks at
 // DiskDir(i), prints a start marker, runs Config.Command under a guest-side
 // timeout with a clean environment (TWINROOT_VMTEST_GUEST=1 marks it), prints

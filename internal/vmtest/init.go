@@ -17,11 +17,18 @@ const (
 
 // guestSpec is what the generated /init does, in guest terms.
 type guestSpec struct {
-	mounts  []int // indexes of disks to mount (ext4) at DiskDir(i)
+	mounts  []mount
 	env     []string
 	dir     string
 	command []string
 	timeout time.Duration // for the command; it is killed after that
+}
+
+// mount is a disk the guest mounts at DiskDir(disk).
+type mount struct {
+	disk     int
+	fstype   string
+	readOnly bool
 }
 
 // shellQuote quotes s for a POSIX shell.
@@ -42,10 +49,14 @@ while read -r m; do
 	insmod "/lib/modules/$m" || echo "vmtest: insmod $m failed"
 done </lib/modules/load.list
 `)
-	for _, i := range g.mounts {
-		dev, dir := DiskDevice(i), DiskDir(i)
-		fmt.Fprintf(&b, "mkdir -p %s && mount -t ext4 %s %s || fail mount %s\n",
-			shellQuote(dir), shellQuote(dev), shellQuote(dir), shellQuote(dev))
+	for _, m := range g.mounts {
+		dev, dir := DiskDevice(m.disk), DiskDir(m.disk)
+		opts := "rw"
+		if m.readOnly {
+			opts = "ro"
+		}
+		fmt.Fprintf(&b, "mkdir -p %s && mount -t %s -o %s %s %s || fail mount %s\n",
+			shellQuote(dir), shellQuote(m.fstype), opts, shellQuote(dev), shellQuote(dir), shellQuote(dev))
 	}
 	fmt.Fprintf(&b, "cd %s || fail cd %s\n", shellQuote(g.dir), shellQuote(g.dir))
 	fmt.Fprintf(&b, "echo %s\n", markerStart)

@@ -64,10 +64,17 @@ type Disk struct {
 	Size int64
 	// Verity makes the fresh file system with -O verity.
 	Verity bool
-	// Image, if set, is a host file attached as the disk as it is: not
-	// formatted and not mounted. Size and Verity are then ignored.
+	// From, if set, is a host directory copied into the fresh file system
+	// (mkfs.ext4 -d).
+	From string
+	// Image, if set, is a host file attached as the disk as it is, not
+	// formatted; Size, Verity and From are then ignored. It is mounted at
+	// DiskDir(i) only if FSType is set.
 	Image string
-	// ReadOnly attaches Image read-only.
+	// FSType is the file system type to mount Image with ("erofs",
+	// "ext4"...); empty leaves it unmounted.
+	FSType string
+	// ReadOnly attaches Image read-only (and mounts it with -o ro).
 	ReadOnly bool
 }
 
@@ -100,6 +107,8 @@ type Config struct {
 	MemoryMiB int
 	// CPUs is the number of virtual CPUs (DefaultCPUs if 0).
 	CPUs int
+	// KernelArgs are appended to the kernel command line.
+	KernelArgs []string
 	// Log, if set, receives the console output as it arrives.
 	Log io.Writer
 }
@@ -162,16 +171,19 @@ func RunContext(ctx context.Context, cfg Config) (Result, error) {
 	defer os.RemoveAll(tmp)
 
 	var drives []string
-	var mounts []int
+	var mounts []mount
 	for i, d := range cfg.Disks {
 		file, ro := d.Image, d.ReadOnly
-		if file == "" {
+		switch {
+		case file == "":
 			file = filepath.Join(tmp, fmt.Sprintf("disk%d.img", i))
-			if err := makeExt4(ctx, file, orDefault(d.Size, DefaultDiskSize), d.Verity); err != nil {
+			if err := makeExt4(ctx, file, orDefault(d.Size, DefaultDiskSize), d.Verity, d.From); err != nil {
 				return res, err
 			}
-			mounts = append(mounts, i)
+			mounts = append(mounts, mount{disk: i, fstype: "ext4"})
 			ro = false
+		case d.FSType != "":
+			mounts = append(mounts, mount{disk: i, fstype: d.FSType, readOnly: ro})
 		}
 		opt := "file=" + strings.ReplaceAll(file, ",", ",,") + ",format=raw,if=virtio,cache=unsafe"
 		if ro {
@@ -202,7 +214,7 @@ func RunContext(ctx context.Context, cfg Config) (Result, error) {
 		"-smp", strconv.Itoa(orDefault(cfg.CPUs, DefaultCPUs)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", k.Image, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet panic=-1",
+		"-append", strings.Join(append([]string{"console=ttyS0 quiet panic=-1"}, cfg.KernelArgs...), " "),
 	)
 	args = append(args, drives...)
 
@@ -246,6 +258,22 @@ func checkConfig(cfg Config) error {
 	if len(cfg.Disks) > 26 {
 		return fmt.Errorf("%w: %d disks (at most 26)", ErrBadConfig, len(cfg.Disks))
 	}
+	for i, d := range cfg.Disks {
+		if d.Image == "" && (d.FSType != "" || d.ReadOnly) {
+			return fmt.Errorf("%w: disk %d: FSType and ReadOnly need an Image", ErrBadConfig, i)
+		}
+		if d.Image != "" && (d.From != "" || d.Verity) {
+			return fmt.Errorf("%w: disk %d: From and Verity make a fresh disk, not an Image", ErrBadConfig, i)
+		}
+		if strings.ContainsAny(d.FSType, " \t\n'\"$\\") {
+			return fmt.Errorf("%w: disk %d: bad FSType %q", ErrBadConfig, i, d.FSType)
+		}
+	}
+	for _, a := range cfg.KernelArgs {
+		if strings.ContainsAny(a, "\n") {
+			return fmt.Errorf("%w: kernel argument %q has a newline", ErrBadConfig, a)
+		}
+	}
 	for _, f := range cfg.Files {
 		if !path.IsAbs(f.Guest) || path.Clean(f.Guest) == "/" {
 			return fmt.Errorf("%w: guest path %q is not an absolute file path", ErrBadConfig, f.Guest)
@@ -279,7 +307,8 @@ func orDefaultStr(v, def string) string {
 }
 
 // makeExt4 creates a sparse file of size bytes holding a fresh ext4.
-func makeExt4(ctx context.Context, file string, size int64, verity bool) error {
+// When from is set, the file system is populated from that host directory.
+func makeExt4(ctx context.Context, file string, size int64, verity bool, from string) error {
 	f, err := os.OpenFile(file, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("vmtest: %w", err)
@@ -294,6 +323,9 @@ func makeExt4(ctx context.Context, file string, size int64, verity bool) error {
 	args := []string{"-q", "-F", "-b", "4096", "-E", "nodiscard"}
 	if verity {
 		args = append(args, "-O", "verity")
+	}
+	if from != "" {
+		args = append(args, "-d", from)
 	}
 	args = append(args, file)
 	if out, err := exec.CommandContext(ctx, "mkfs.ext4", args...).CombinedOutput(); err != nil {

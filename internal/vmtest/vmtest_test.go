@@ -164,20 +164,36 @@ func TestBootShell(t *testing.T) {
 	if InGuest() {
 		t.Skip("host-side test")
 	}
-	host := filepath.Join(t.TempDir(), "payload")
+	tmp := t.TempDir()
+	host := filepath.Join(tmp, "payload")
 	if err := os.WriteFile(host, []byte("payload-contents\n"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	tree := filepath.Join(tmp, "tree")
+	if err := os.MkdirAll(filepath.Join(tree, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "d", "hello"), []byte("from-tree\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(tmp, "tree.erofs")
+	if out, err := exec.Command("mkfs.erofs", "--quiet", img, tree).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.erofs: %v\n%s", err, out)
 	}
 	res := Run(t, Config{
 		Command: []string{"/bin/sh", "-c", `
 			cat /proc/filesystems
-			grep ' /mnt/disk0 ' /proc/mounts
+			grep ' /mnt/disk' /proc/mounts
 			cat /data/sub/payload
+			cat /mnt/disk1/d/hello
+			echo "erofs:$(cat /mnt/disk2/d/hello)"
 			echo "env=$VMTEST_X"
+			echo "cmdline=$(cat /proc/cmdline)"
 			exit 7`},
-		Env:   []string{"VMTEST_X=it's set"},
-		Files: []File{{Host: host, Guest: "/data/sub/payload"}},
-		Disks: []Disk{{Size: 32 << 20, Verity: true}},
+		Env:        []string{"VMTEST_X=it's set"},
+		Files:      []File{{Host: host, Guest: "/data/sub/payload"}},
+		Disks:      []Disk{{Size: 32 << 20, Verity: true}, {From: tree}, {Image: img, FSType: "erofs", ReadOnly: true}},
+		KernelArgs: []string{"vmtest.selftest=1"},
 	})
 	if res.ExitCode != 7 {
 		t.Errorf("exit status = %d, want 7\n%s", res.ExitCode, res.Output)
@@ -187,7 +203,12 @@ func TestBootShell(t *testing.T) {
 		regexp.MustCompile(`(?m)^nodev\s+overlay$`),
 		regexp.MustCompile(`(?m)^\s*ext4$`),
 		regexp.MustCompile(`(?m)^/dev/vda /mnt/disk0 ext4 rw`),
+		regexp.MustCompile(`(?m)^/dev/vdb /mnt/disk1 ext4 rw`),
+		regexp.MustCompile(`(?m)^/dev/vdc /mnt/disk2 erofs ro`),
 		regexp.MustCompile(`(?m)^payload-contents$`),
+		regexp.MustCompile(`(?m)^from-tree$`),
+		regexp.MustCompile(`(?m)^erofs:from-tree$`),
+		regexp.MustCompile(`(?m)^cmdline=.* vmtest\.selftest=1$`),
 		regexp.MustCompile(`(?m)^env=it's set$`),
 	} {
 		if !want.MatchString(res.Output) {
@@ -273,6 +294,8 @@ func TestBadConfig(t *testing.T) {
 		{},
 		{Command: []string{"/bin/true"}, Files: []File{{Host: "/bin/busybox", Guest: "rel/path"}}},
 		{Command: []string{"/bin/true"}, Disks: make([]Disk, 27)},
+		{Command: []string{"/bin/true"}, Disks: []Disk{{FSType: "ext4"}}},
+		{Command: []string{"/bin/true"}, Disks: []Disk{{Image: "/x", Verity: true}}},
 	} {
 		if _, err := RunContext(t.Context(), cfg); !errors.Is(err, ErrBadConfig) {
 			t.Errorf("RunContext(%+v): err = %v, want ErrBadConfig", cfg, err)
