@@ -103,13 +103,26 @@ func unpackLayer(ctx context.Context, r io.Reader, desc v1.Descriptor, diffID v1
 			progress(bytesRead, s)
 		}
 	})
+	// blame turns a content error into a digest mismatch when the blob
+	// itself is not what the manifest names (a corrupted or tampered
+	// transfer), rather than report what the corruption broke.
+	blame := func(err error) error {
+		var ne *netError
+		if errors.As(err, &ne) || ctx.Err() != nil {
+			return fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		if _, cerr := io.Copy(io.Discard, cr); cerr == nil && (cr.n != desc.Size || cr.sum() != desc.Digest) {
+			return fmt.Errorf("%w: blob %s: content does not match its digest (%v)", ErrDigestMismatch, desc.Digest, err)
+		}
+		return fmt.Errorf("layer %s: %w", desc.Digest, err)
+	}
 	if err != nil {
-		return nil, st, fmt.Errorf("layer %s: %w", desc.Digest, err)
+		return nil, st, blame(err)
 	}
 	// The tar reader stops at the end-of-archive blocks: read the rest of
 	// both streams so that both digests cover everything.
 	if _, err := io.Copy(io.Discard, ur); err != nil {
-		return nil, st, fmt.Errorf("layer %s: %w: %w", desc.Digest, ErrBadLayer, unexpected(err))
+		return nil, st, blame(fmt.Errorf("%w: %w", ErrBadLayer, unexpected(err)))
 	}
 	if _, err := io.Copy(io.Discard, cr); err != nil {
 		return nil, st, fmt.Errorf("layer %s: %w", desc.Digest, err)

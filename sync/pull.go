@@ -11,6 +11,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/twinroot/twinroot/erofs"
 	"github.com/twinroot/twinroot/objstore"
 	"github.com/twinroot/twinroot/verity"
 )
@@ -100,6 +101,7 @@ func Pull(ctx context.Context, store *objstore.Store, ref string, opts ...Option
 		}
 	}()
 	t := newTree(lim.MaxFiles)
+	recorded := map[verity.Digest]int{} // object → a cached layer holding it
 	for i, desc := range img.manifest.Layers {
 		diffID := img.config.RootFS.DiffIDs[i]
 		t.startLayer()
@@ -109,6 +111,11 @@ func Pull(ctx context.Context, store *objstore.Store, ref string, opts ...Option
 		}
 		if cached {
 			res.LayersCached++
+			for _, e := range entries {
+				if !e.Digest.IsZero() {
+					recorded[e.Digest] = i
+				}
+			}
 		}
 		for j := range entries {
 			if err := t.apply(&entries[j]); err != nil {
@@ -116,9 +123,13 @@ func Pull(ctx context.Context, store *objstore.Store, ref string, opts ...Option
 			}
 		}
 	}
+	root := t.finish()
+	if err := o.linkRecorded(ctx, img, root, recorded, st, lim, &res); err != nil {
+		return res, err
+	}
 	o.emit(Event{Kind: "committing", Ref: img.source})
 	meta := objstore.ImageMeta{Source: img.source, Manifest: res.Manifest, Config: res.Config, Labels: labels(img.config)}
-	d, err := st.Commit(ctx, t.finish(), meta)
+	d, err := st.Commit(ctx, root, meta)
 	if err != nil {
 		return res, err
 	}
@@ -158,9 +169,9 @@ func labels(c *v1.ConfigFile) map[string]string {
 }
 
 // layerEntries returns the entries of layer i: from its record when one
-// exists and all its objects are still stored, else by fetching and
-// unpacking the layer (retrying transfer failures), after which the record
-// is saved.
+// exists (its objects are linked later, by linkRecorded, for the files that
+// survive in the final tree), else by fetching and unpacking the layer,
+// after which the record is saved.
 func (o *options) layerEntries(ctx context.Context, img *image, i int, desc v1.Descriptor, diffID v1.Hash,
 	st *objstore.Staging, recDir string, alg verity.Algorithm, lim Limits, res *Result) ([]entry, bool, error) {
 	rec, err := loadRecord(recDir, diffID, alg, lim)
@@ -168,55 +179,13 @@ func (o *options) layerEntries(ctx context.Context, img *image, i int, desc v1.D
 		o.log.Warn("ignoring unreadable layer record", "err", err)
 	}
 	if rec != nil {
-		ok := true
-		reused := 0
-		for _, e := range rec.Entries {
-			if e.Digest.IsZero() {
-				continue
-			}
-			if err := st.LinkObject(ctx, e.Digest); err != nil {
-				if errors.Is(err, objstore.ErrNotFound) {
-					o.log.Info("object of a recorded layer is gone; fetching the layer", "layer", desc.Digest, "object", e.Digest)
-					ok = false
-					break
-				}
-				return nil, false, err
-			}
-			reused++
-		}
-		if ok {
-			res.ObjectsReused += reused
-			o.emit(Event{Kind: "layer-done", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Files: len(rec.Entries), Reused: reused, Cached: true})
-			return rec.Entries, true, nil
-		}
+		o.emit(Event{Kind: "layer-done", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Files: len(rec.Entries), Cached: true})
+		return rec.Entries, true, nil
 	}
 
-	var entries []entry
-	var stats layerStats
-	attempt := 0
-	err = withRetry(ctx, o, "layer "+desc.Digest.String(), func() error {
-		attempt++
-		o.emit(Event{Kind: "layer-start", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Attempt: attempt})
-		rc, err := img.from.blob(ctx, desc.Digest)
-		if err != nil {
-			return err
-		}
-		defer rc.Close()
-		var lastEmit time.Time
-		var n int64
-		entries, stats, err = unpackLayer(ctx, rc, desc, diffID, st, lim, func(b int64, s layerStats) {
-			n = b
-			if now := time.Now(); now.Sub(lastEmit) >= 100*time.Millisecond {
-				lastEmit = now
-				o.emit(Event{Kind: "layer-progress", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Bytes: b,
-					Files: s.Entries, New: s.ObjectsNew, Reused: s.ObjectsReused})
-			}
-		})
-		res.BytesFetched += n
-		return err
-	})
+	entries, stats, err := o.fetchLayer(ctx, img, i, desc, diffID, st, lim, res)
 	if err != nil {
-		return nil, false, fmt.Errorf("layer %d: %w", i, err)
+		return nil, false, err
 	}
 	res.ObjectsNew += stats.ObjectsNew
 	res.ObjectsReused += stats.ObjectsReused
@@ -233,6 +202,82 @@ func (o *options) layerEntries(ctx context.Context, img *image, i int, desc v1.D
 		o.log.Warn("cannot save layer record", "layer", desc.Digest, "err", err)
 	}
 	return entries, false, nil
+}
+
+// fetchLayer downloads and unpacks layer i, retrying transfer failures.
+func (o *options) fetchLayer(ctx context.Context, img *image, i int, desc v1.Descriptor, diffID v1.Hash,
+	st *objstore.Staging, lim Limits, res *Result) ([]entry, layerStats, error) {
+	var entries []entry
+	var stats layerStats
+	attempt := 0
+	err := withRetry(ctx, o, "layer "+desc.Digest.String(), func() error {
+		attempt++
+		o.emit(Event{Kind: "layer-start", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Attempt: attempt})
+		rc, err := img.from.blob(ctx, desc.Digest)
+		if err != nil {
+			return &permanentError{err} // the request was retried already
+		}
+		defer rc.Close()
+		var lastEmit time.Time
+		var n int64
+		entries, stats, err = unpackLayer(ctx, rc, desc, diffID, st, lim, func(b int64, s layerStats) {
+			n = b
+			if now := time.Now(); now.Sub(lastEmit) >= 100*time.Millisecond {
+				lastEmit = now
+				o.emit(Event{Kind: "layer-progress", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Bytes: b,
+					Files: s.Entries, New: s.ObjectsNew, Reused: s.ObjectsReused})
+			}
+		})
+		res.BytesFetched += n
+		return err
+	})
+	if err != nil {
+		return nil, stats, fmt.Errorf("layer %d: %w", i, err)
+	}
+	return entries, stats, nil
+}
+
+// linkRecorded links the objects of the final tree that came from layer
+// records. Objects deleted by gc since the record was written are fetched
+// again by unpacking their layer once more (its entries are already known;
+// only the content is needed).
+func (o *options) linkRecorded(ctx context.Context, img *image, root *erofs.Node, recorded map[verity.Digest]int,
+	st *objstore.Staging, lim Limits, res *Result) error {
+	refetch := map[int]bool{}
+	err := root.Walk(func(n *erofs.Node) error {
+		if n.Link != nil || n.Digest.IsZero() || st.Has(n.Digest) {
+			return nil
+		}
+		i, ok := recorded[n.Digest]
+		if !ok {
+			return nil // Commit reports it
+		}
+		err := st.LinkObject(ctx, n.Digest)
+		if errors.Is(err, objstore.ErrNotFound) {
+			if !refetch[i] {
+				o.log.Info("object of a recorded layer is gone; fetching the layer again", "layer", img.manifest.Layers[i].Digest, "object", n.Digest)
+			}
+			refetch[i] = true
+			return nil
+		}
+		if err == nil {
+			res.ObjectsReused++
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for i := range refetch {
+		desc := img.manifest.Layers[i]
+		_, stats, err := o.fetchLayer(ctx, img, i, desc, img.config.RootFS.DiffIDs[i], st, lim, res)
+		if err != nil {
+			return err
+		}
+		res.ObjectsNew += stats.ObjectsNew
+		res.LayersCached--
+	}
+	return nil
 }
 
 // open resolves ref to a verified manifest and config.

@@ -25,6 +25,12 @@ type netError struct{ err error }
 func (e *netError) Error() string { return e.err.Error() }
 func (e *netError) Unwrap() error { return e.err }
 
+// permanentError marks a failure that already went through its retries.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
 // schemeGuard refuses plain HTTP to a registry not configured insecure:
 // go-containerregistry silently uses http for loopback, *.local and
 // RFC 1918 addresses.
@@ -107,12 +113,16 @@ func newRegistryFetcher(ctx context.Context, ep endpoint, last bool, o *options,
 
 // retryable tells transfer failures worth another try from final answers.
 func retryable(err error) bool {
-	if errors.Is(err, ErrInsecure) || errors.Is(err, context.Canceled) {
+	var pe *permanentError
+	if errors.As(err, &pe) || errors.Is(err, ErrInsecure) {
 		return false
 	}
 	var ne *netError
 	if errors.As(err, &ne) {
 		return true
+	}
+	if errors.Is(err, context.Canceled) {
+		return false
 	}
 	var te *transport.Error
 	if errors.As(err, &te) {
@@ -124,7 +134,7 @@ func retryable(err error) bool {
 		return false
 	}
 	var op *net.OpError
-	return errors.As(err, &op) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, context.DeadlineExceeded)
+	return errors.As(err, &op) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // withRetry runs fn until it succeeds, fails with a non-retryable error or

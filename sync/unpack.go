@@ -89,7 +89,11 @@ func readLayer(ctx context.Context, r io.Reader, objs ObjectAdder, lim Limits, p
 			} else {
 				d, added, err := objs.AddObject(ctx, tr, hdr.Size)
 				if err != nil {
-					return nil, st, fmt.Errorf("%q: %w", hdr.Name, unexpected(err))
+					var ne *netError
+					if errors.Is(err, io.ErrUnexpectedEOF) && !errors.As(err, &ne) {
+						return nil, st, fmt.Errorf("%w: %q: %w", ErrBadLayer, hdr.Name, err)
+					}
+					return nil, st, fmt.Errorf("%q: %w", hdr.Name, err)
 				}
 				e.Digest = d
 				if added {
