@@ -114,7 +114,15 @@ func Mount(ctx context.Context, image, objects, target string, opts MountOptions
 	}
 	defer unix.Close(emnt)
 	layer := "/proc/self/fd/" + strconv.Itoa(emnt)
-	if err := mountOverlay(layer, objects, target, mode, log); err != nil {
+	err = mountOverlay(layer, objects, target, mode, log)
+	if errors.Is(err, unix.EINVAL) {
+		// Kernels before 6.15 cannot use a detached mount as a layer
+		// ("failed to clone lowerpath"): attach it to a private temp dir
+		// for the time it takes to create the overlay, then detach it.
+		log.Debug("overlay refused the detached EROFS mount; retrying through a temp dir", "err", err)
+		err = mountOverlayViaDir(emnt, objects, target, mode, log)
+	}
+	if err != nil {
 		return fmt.Errorf("erofs: mount %s on %s: %w", image, target, err)
 	}
 	log.Debug("mounted composefs image", "image", image, "objects", objects, "target", target, "verity", mode)
@@ -266,6 +274,26 @@ func attachLoop(f *os.File) (*os.File, error) {
 		}
 	}
 	return nil, fmt.Errorf("no free loop device: %w", unix.EBUSY)
+}
+
+// mountOverlayViaDir attaches the detached EROFS mount emnt to a new temp
+// directory, builds the overlay on it, and lazily unmounts and removes the
+// directory again (the overlay keeps its own reference to the layer).
+func mountOverlayViaDir(emnt int, objects, target string, mode VerityMode, log *slog.Logger) error {
+	dir, err := os.MkdirTemp("", ".twinroot-erofs-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(dir)
+	if err := unix.MoveMount(emnt, "", unix.AT_FDCWD, dir, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("%w: move_mount to %s: %w", ErrMount, dir, err)
+	}
+	defer func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			log.Warn("detaching the temporary EROFS mount failed", "dir", dir, "err", err)
+		}
+	}()
+	return mountOverlay(dir, objects, target, mode, log)
 }
 
 // escapeLegacyLayer escapes a path for the legacy "lowerdir=" syntax.
