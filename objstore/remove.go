@@ -122,11 +122,31 @@ func (s *Store) finishRemoval(ctx context.Context, name string, dry bool) (bool,
 		}
 		return true, nil
 	}
+	// Finishers of one entry (Remove, GC, Open in several processes) take
+	// turns on a flock of the directory itself, so that a failure to lock
+	// .lock below means a user of the image, not another finisher.
+	df, err := os.Open(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return true, nil
+		}
+		return false, fmt.Errorf("objstore: %w", err)
+	}
+	defer df.Close()
+	if err := flock(df, unix.LOCK_EX); err != nil {
+		return false, fmt.Errorf("objstore: locking %s: %w", dir, err)
+	}
+	var a, b unix.Stat_t
+	if unix.Fstat(int(df.Fd()), &a) != nil || unix.Lstat(dir, &b) != nil || a.Ino != b.Ino {
+		return true, nil // finished by the previous holder
+	}
+	// No lock file: the directory is empty but for itself (the lock file
+	// is deleted last), so finishing it needs no lock.
 	lf, err := os.Open(filepath.Join(dir, fileLock))
 	if err == nil {
 		defer lf.Close()
 		if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			return false, nil // in use (or being removed by another process)
+			return false, nil // in use
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("objstore: %w", err)
@@ -142,8 +162,12 @@ func (s *Store) finishRemoval(ctx context.Context, name string, dry bool) (bool,
 		return true, nil
 	}
 	// Objects first (each fan-out directory, then its objects/ side under
-	// the exclusive gc lock), the rest of the directory last.
+	// the exclusive gc lock), then the rest, the lock file last: a
+	// directory without a lock file has nothing left but itself.
 	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil // finished by someone else
+	}
 	if err != nil {
 		return false, fmt.Errorf("objstore: %w", err)
 	}
@@ -155,16 +179,19 @@ func (s *Store) finishRemoval(ctx context.Context, name string, dry bool) (bool,
 			return false, err
 		}
 		sub := filepath.Join(dir, e.Name())
-		objs, err := os.ReadDir(sub)
+		names, err := readNames(sub)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			return false, fmt.Errorf("objstore: %w", err)
 		}
 		var digests []verity.Digest
-		for _, o := range objs {
-			if err := os.Remove(filepath.Join(sub, o.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		for _, n := range names {
+			if err := os.Remove(filepath.Join(sub, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return false, fmt.Errorf("objstore: %w", err)
 			}
-			if od, ok := s.parseObjectName(e.Name(), o.Name()); ok {
+			if od, ok := s.parseObjectName(e.Name(), n); ok {
 				digests = append(digests, od)
 			}
 		}
@@ -174,7 +201,18 @@ func (s *Store) finishRemoval(ctx context.Context, name string, dry bool) (bool,
 		}
 		s.crashPoint("remove.deleted-objects")
 	}
-	if err := os.RemoveAll(dir); err != nil {
+	for _, e := range ents {
+		if e.Name() == fileLock {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return false, fmt.Errorf("objstore: %w", err)
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, fileLock)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("objstore: %w", err)
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("objstore: %w", err)
 	}
 	return true, nil
@@ -306,7 +344,8 @@ func (s *Store) mounted(d verity.Digest) bool {
 	var pats []string
 	for _, r := range []string{s.root, s.canonRoot} {
 		if r != "" {
-			pats = append(pats, mountinfoEscape(filepath.Join(r, dirImages, d.Hex())))
+			pats = append(pats, mountinfoEscape(filepath.Join(r, dirImages, d.Hex())),
+				mountinfoEscape(filepath.Join(r, dirRemoved, d.Hex())))
 		}
 	}
 	return mountinfoMentions(b, pats)
@@ -314,8 +353,8 @@ func (s *Store) mounted(d verity.Digest) bool {
 
 // mountinfoMentions reports whether any line of a mountinfo table has one
 // of pats (escaped paths) as its mount source or inside its super options,
-// followed by the end of the field, '/' or ':' (so a digest that is a
-// prefix of another does not match).
+// followed by the end of the field or one of "/:,." (so a digest that is
+// a prefix of another does not match; removed/<hex>.<suffix> does).
 func mountinfoMentions(table []byte, pats []string) bool {
 	sc := bufio.NewScanner(bytes.NewReader(table))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -338,7 +377,7 @@ func mountinfoMentions(table []byte, pats []string) bool {
 						break
 					}
 					end := i + j + len(p)
-					if end == len(fld) || fld[end] == '/' || fld[end] == ':' || fld[end] == ',' {
+					if end == len(fld) || strings.IndexByte("/:,.", fld[end]) >= 0 {
 						return true
 					}
 					i = end

@@ -1,0 +1,80 @@
+package objstore
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/twinroot/twinroot/erofs"
+	"github.com/twinroot/twinroot/verity"
+)
+
+func TestInUse(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t, Options{})
+	data := content(1, 50000)
+	res := importTree(t, s, map[string][]byte{"f": data, "d/g": content(2, 7000)})
+	obj := verity.DigestBytes(data, verity.SHA256)
+	mnt := t.TempDir()
+	m, err := s.MountImage(ctx, res.Digest, mnt, erofs.MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounted := true
+	defer func() {
+		if mounted {
+			m.Unmount()
+		}
+	}()
+	got, err := os.ReadFile(filepath.Join(mnt, "f"))
+	if err != nil || string(got) != string(data) {
+		t.Fatalf("reading through the mount: %v", err)
+	}
+	if !s.InUse(res.Digest) {
+		t.Fatal("mounted image not in use")
+	}
+	// Held by the lock, and by the mount table after the lock is released.
+	for _, release := range []bool{false, true} {
+		if release {
+			m.Release()
+		}
+		if _, err := s.GC(ctx, GCOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		err := s.Remove(ctx, res.Digest)
+		if !release && !errors.Is(err, ErrInUse) {
+			t.Fatalf("Remove of a mounted image: %v, want ErrInUse", err)
+		}
+		if _, err := s.GC(ctx, GCOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(filepath.Join(mnt, "f"))
+		if err != nil || string(got) != string(data) {
+			t.Fatalf("mounted image lost a file (release=%v): %v", release, err)
+		}
+		if !s.HasObject(obj) {
+			t.Error("object of a mounted image deleted from objects/")
+		}
+		if r, _ := s.GC(ctx, GCOptions{}); r.InUse != 1 {
+			t.Errorf("gc reports %d removals in use, want 1", r.InUse)
+		}
+	}
+	if err := erofs.Unmount(mnt); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	r, err := s.GC(ctx, GCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Images != 1 || s.HasObject(obj) {
+		t.Errorf("after unmount gc finished %d removals, object present %v", r.Images, s.HasObject(obj))
+	}
+	ents, _ := os.ReadDir(filepath.Join(s.Root(), dirRemoved))
+	if len(ents) != 0 {
+		t.Errorf("removed/ not empty: %v", ents)
+	}
+	mustFsckClean(t, s)
+}
