@@ -321,6 +321,9 @@ func openRegistry(ctx context.Context, ref string, plat v1.Platform, lim Limits,
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadReference, err)
 	}
+	if o.noVerify {
+		o.insecure = append(o.insecure, r.Context().RegistryStr())
+	}
 	repo := r.Context().Name()
 	if rest, ok := strings.CutPrefix(repo, name.DefaultRegistry+"/"); ok {
 		repo = "docker.io/" + rest

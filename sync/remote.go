@@ -71,6 +71,9 @@ func newRegistryFetcher(ctx context.Context, ep endpoint, last bool, o *options,
 	repoName := ep.repo
 	host, _, _ := strings.Cut(repoName, "/")
 	insecure := ep.insecure || slices.Contains(o.insecure, host)
+	if r, err := name.NewRepository(repoName, name.WeakValidation); err == nil && slices.Contains(o.insecure, r.RegistryStr()) {
+		insecure = true
+	}
 	nopts := []name.Option{name.WeakValidation}
 	if insecure {
 		nopts = append(nopts, name.Insecure)

@@ -105,6 +105,7 @@ type options struct {
 	spaceCheck func(Space) error
 	userAgent  string
 	env        func(string) string
+	noVerify   bool
 }
 
 func defaultOptions() options {
@@ -131,6 +132,11 @@ func WithPlatform(p string) Option { return func(o *options) { o.platform = p } 
 func WithInsecureRegistries(hosts ...string) Option {
 	return func(o *options) { o.insecure = append(o.insecure, hosts...) }
 }
+
+// WithTLSVerify(false) allows plain HTTP and skips TLS verification for
+// the registry the reference names (not its mirrors): the --tls-verify=false
+// of skopeo and podman.
+func WithTLSVerify(verify bool) Option { return func(o *options) { o.noVerify = !verify } }
 
 // WithRegistriesConf reads mirrors and insecure settings from path instead
 // of $CONTAINERS_REGISTRIES_CONF or /etc/containers/registries.conf; ""

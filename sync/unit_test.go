@@ -41,7 +41,7 @@ func treeString(root *erofs.Node) string {
 func add(p, content string) entry {
 	return entry{Op: opAdd, Path: p, Mode: erofs.ModeReg | 0o644, Size: uint64(len(content)), Content: []byte(content)}
 }
-func mkdir(p string) entry       { return entry{Op: opAdd, Path: p, Mode: erofs.ModeDir | 0o755} }
+func mkdir(p string) entry        { return entry{Op: opAdd, Path: p, Mode: erofs.ModeDir | 0o755} }
 func link(p, target string) entry { return entry{Op: opAdd, Path: p, Link: target} }
 func wh(p string) entry           { return entry{Op: opWhiteout, Path: p} }
 func opq(p string) entry          { return entry{Op: opOpaque, Path: p} }
