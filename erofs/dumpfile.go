@@ -53,6 +53,7 @@ type dumpParser struct {
 	path    []byte // unescaped path of the current line (for errors)
 	pathBuf []byte
 	scratch []byte
+	fbuf    [3][]byte // payload, content and digest fields
 
 	// cache of the parent directory of the previous line
 	lastPrefix []byte
@@ -318,7 +319,7 @@ func (p *dumpParser) parseLine(line []byte) error {
 		if n.IsDir() {
 			return p.errorf("directories can't be hardlinked")
 		}
-		t, absent, err := p.optional(f[fPayload])
+		t, absent, err := p.optional(0, f[fPayload])
 		if err != nil {
 			return p.errorf("hardlink target: %v", err)
 		}
@@ -360,7 +361,7 @@ func (p *dumpParser) parseLine(line []byte) error {
 		return p.errorf("invalid mtime %q", f[fMtime])
 	}
 
-	payload, noPayload, err := p.optional(f[fPayload])
+	payload, noPayload, err := p.optional(0, f[fPayload])
 	if err != nil {
 		return p.errorf("payload: %v", err)
 	}
@@ -369,7 +370,7 @@ func (p *dumpParser) parseLine(line []byte) error {
 	if !noPayload {
 		payloadStr = string(payload)
 	}
-	content, noContent, err := p.optional(f[fContent])
+	content, noContent, err := p.optional(1, f[fContent])
 	if err != nil {
 		return p.errorf("content: %v", err)
 	}
@@ -380,7 +381,7 @@ func (p *dumpParser) parseLine(line []byte) error {
 	if !noContent && len(content) > 0 {
 		contentCopy = append([]byte(nil), content...)
 	}
-	digestField, noDigest, err := p.optional(f[fDigest])
+	digestField, noDigest, err := p.optional(2, f[fDigest])
 	if err != nil {
 		return p.errorf("digest: %v", err)
 	}
@@ -452,12 +453,14 @@ func (p *dumpParser) parseLine(line []byte) error {
 	return nil
 }
 
-// optional unescapes an optional field ("-" means absent).
-func (p *dumpParser) optional(field []byte) ([]byte, bool, error) {
+// optional unescapes an optional field ("-" means absent) into one of the
+// parser's buffers (valid until the next line).
+func (p *dumpParser) optional(buf int, field []byte) ([]byte, bool, error) {
 	if len(field) == 1 && field[0] == '-' {
 		return nil, true, nil
 	}
-	b, err := unescape(make([]byte, 0, len(field)), field)
+	b, err := unescape(p.fbuf[buf][:0], field)
+	p.fbuf[buf] = b
 	return b, false, err
 }
 

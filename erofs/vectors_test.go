@@ -111,7 +111,7 @@ func (v vector) options() WriteOptions {
 
 // buildImage parses and writes a vector's input the way the reference
 // command line does.
-func buildImage(input []byte, v vector) ([]byte, error) {
+func buildVectorImage(input []byte, v vector) ([]byte, error) {
 	// Like the reference's tests: CFS_PARSE_STRICT for the images, except
 	// for three inputs; the should-fail inputs without it.
 	strict := !lenientVectors[v.name] && !strings.HasPrefix(v.name, "should-fail-")
@@ -167,7 +167,7 @@ func TestVectors(t *testing.T) {
 			}
 			t.Run(filepath.Base(dir)+"/"+v.name, func(t *testing.T) {
 				input := readMaybeGzip(t, filepath.Join(v.dir, v.name))
-				img, err := buildImage(input, v)
+				img, err := buildVectorImage(input, v)
 				if v.sha256 == "" {
 					if err == nil {
 						t.Fatalf("accepted an input the reference rejects")

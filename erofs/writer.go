@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
 	"math"
 	"math/bits"
@@ -82,34 +83,86 @@ const (
 	overlayEscaped = "trusted.overlay.overlay."
 )
 
-// wxattr is one xattr of an inode as the writer lays it out.
+// wxattr is one xattr of an inode as the writer lays it out. The values of
+// trusted.overlay.metacopy and .redirect are not stored: they are made from
+// the inode's digest and payload when needed (gen).
 type wxattr struct {
 	name   string
-	value  []byte
-	shared int32 // index into the shared table, or -1 when stored inline
+	value  []byte // literal value (gen == genLiteral)
+	shared int32  // index into the shared table, or -1 when stored inline
+	gen    uint8
 }
 
-// winode is the writer's record of one serialized inode (BFS order).
+const (
+	genLiteral  = iota
+	genMetacopy // 4-byte header + the digest of the inode's source (empty without one)
+	genRedirect // "/" + the payload of the inode's source
+)
+
+// valueLen returns the length of x's value on inode in.
+func (in *winode) valueLen(x *wxattr) int {
+	switch x.gen {
+	case genMetacopy:
+		if d := in.src.Digest; !d.IsZero() {
+			return 4 + d.Algorithm().Size()
+		}
+		return 0
+	case genRedirect:
+		return 1 + len(in.src.Payload)
+	}
+	return len(x.value)
+}
+
+// appendValue appends x's value on inode in to b.
+func (in *winode) appendValue(b []byte, x *wxattr) []byte {
+	switch x.gen {
+	case genMetacopy:
+		if d := in.src.Digest; !d.IsZero() {
+			b = append(b, 0, byte(4+d.Algorithm().Size()), 0, byte(d.Algorithm()))
+			return append(b, d.Bytes()...)
+		}
+		return b
+	case genRedirect:
+		return append(append(b, '/'), in.src.Payload...)
+	}
+	return append(b, x.value...)
+}
+
+// sameValue reports whether x on inode a and y on inode b have equal values.
+func sameValue(a *winode, x *wxattr, b *winode, y *wxattr) bool {
+	if x.gen == y.gen {
+		switch x.gen {
+		case genMetacopy:
+			return a.src.Digest == b.src.Digest
+		case genRedirect:
+			return a.src.Payload == b.src.Payload
+		}
+		return string(x.value) == string(y.value)
+	}
+	return string(a.appendValue(nil, x)) == string(b.appendValue(nil, y))
+}
+
+// winode is the writer's record of one serialized inode (BFS order). UID,
+// GID and mtime are read from src; a whiteout stub's src is the root, whose
+// owner and mtime the stubs copy.
 type winode struct {
-	src     *Node // nil for the whiteout stubs at the root
+	src     *Node
+	xattrs  []wxattr
+	size    uint64 // st_size (the dumpfile SIZE for devices)
+	nid     uint32 // inode slot (byte offset / 32); images stay below 128 GiB of metadata
 	mode    uint32
 	nlink   uint32
-	uid     uint32
-	gid     uint32
 	rdev    uint32
-	size    uint64 // st_size (the dumpfile SIZE for devices)
-	mtime   Timespec
-	xattrs  []wxattr
-	budget  uint64 // libcomposefs's running xattr size of the cloned node
 	parent  int32
 	first   int32 // BFS index of the first serialized child
-	nid     uint64
-	nblocks uint64
+	nblocks uint32
 	tail    uint32
 	ipad    uint32
 	xsize   uint32
-	nshared uint32
+	budget  uint32 // libcomposefs's running xattr size of the cloned node (wraps like it)
+	nshared uint16
 	compact bool
+	stub    bool // one of the root's "00".."ff" whiteout stubs
 }
 
 func (in *winode) typ() uint32 { return in.mode & ModeType }
@@ -117,8 +170,13 @@ func (in *winode) typ() uint32 { return in.mode & ModeType }
 type sharedXattr struct {
 	name   string
 	value  []byte
-	count  int
+	count  int32 // while computing: the candidate it came from
 	offset uint32
+}
+
+type dent struct {
+	name string
+	idx  int32
 }
 
 type writer struct {
@@ -129,7 +187,13 @@ type writer struct {
 	minMtime Timespec
 	hasACL   bool
 
-	shared     []*sharedXattr
+	nReal   int // serialized source nodes
+	nXattrs int // xattr slots their lists take (see xattrSlots)
+
+	xarena []wxattr // backing store of the inodes' xattr lists
+	dchunk []dent   // scratch for emitDirents
+
+	shared     []sharedXattr
 	sharedSize uint64
 	inodesEnd  uint64
 	dataStart  uint64
@@ -156,7 +220,7 @@ func Write(w io.Writer, root *Node, opts WriteOptions) error {
 	if err != nil {
 		return err
 	}
-	bw := bufio.NewWriterSize(w, 256*1024)
+	bw := bufio.NewWriterSize(w, 64*1024)
 	e := &emitter{w: bw}
 	wr.emit(e)
 	if e.err != nil {
@@ -220,6 +284,8 @@ func (wr *writer) scan(root *Node, maxV int) error {
 				wr.linkIdx[t] = -1
 				continue
 			}
+			wr.nReal++
+			wr.nXattrs += xattrSlots(c)
 			if c.Type() == ModeChar && c.Rdev == 0 && wr.version < 1 && maxV >= 1 {
 				wr.version = 1
 			}
@@ -231,6 +297,7 @@ func (wr *writer) scan(root *Node, maxV int) error {
 		}
 		return nil
 	}
+	wr.nReal, wr.nXattrs = 1, xattrSlots(root)
 	if err := walk(root); err != nil {
 		return err
 	}
@@ -303,12 +370,12 @@ func validateNode(n *Node) error {
 // bfs numbers the inodes breadth first, children in sorted order, hardlink
 // entries skipped; the root's whiteout stubs take their sorted places.
 func (wr *writer) bfs(root *Node) error {
-	wr.inodes = make([]winode, 0, 1024)
+	wr.inodes = make([]winode, 0, wr.nReal+len(wr.stubs))
 	wr.inodes = append(wr.inodes, wr.newInode(root, 0))
 	for i := 0; i < len(wr.inodes); i++ {
 		in := &wr.inodes[i]
 		n := in.src
-		if n == nil {
+		if in.stub {
 			continue
 		}
 		if err := validateNode(n); err != nil {
@@ -352,10 +419,8 @@ func (wr *writer) bfs(root *Node) error {
 				}
 				wr.inodes = append(wr.inodes, wr.newInode(c, int32(i)))
 			} else {
-				s := root.Inode
 				wr.inodes = append(wr.inodes, winode{
-					mode: ModeChar | 0o644, nlink: 1, uid: s.UID, gid: s.GID,
-					mtime: s.Mtime, parent: 0,
+					src: root, stub: true, mode: ModeChar | 0o644, nlink: 1,
 				})
 				stubs = stubs[1:]
 			}
@@ -372,10 +437,7 @@ func (wr *writer) bfs(root *Node) error {
 }
 
 func (wr *writer) newInode(n *Node, parent int32) winode {
-	in := winode{
-		src: n, mode: n.Mode, nlink: n.Nlink, uid: n.UID, gid: n.GID,
-		size: n.Size, mtime: n.Mtime, parent: parent,
-	}
+	in := winode{src: n, mode: n.Mode, nlink: n.Nlink, size: n.Size, parent: parent}
 	switch n.Type() {
 	case ModeChar, ModeBlock:
 		in.rdev = n.Rdev
@@ -389,21 +451,26 @@ func (wr *writer) newInode(n *Node, parent int32) winode {
 // the writer's clone, including its size accounting (which starts at 0 on
 // a clone, so a replaced value can make it wrap and fail as it does there).
 func (in *winode) setXattr(name string, value []byte) error {
+	return in.setXattrGen(wxattr{name: name, value: value})
+}
+
+func (in *winode) setXattrGen(x wxattr) error {
+	name := x.name
 	for i := range in.xattrs {
 		if in.xattrs[i].name == name {
-			old := in.xattrs[i]
+			oldLen := in.valueLen(&in.xattrs[i])
 			last := len(in.xattrs) - 1
 			in.xattrs[i] = in.xattrs[last]
 			in.xattrs = in.xattrs[:last]
 			if len(in.xattrs) > 0 {
-				in.budget -= uint64(7 + len(name) + len(old.value))
+				in.budget -= uint32(7 + len(name) + oldLen)
 			} else {
 				in.budget = 0
 			}
 			break
 		}
 	}
-	entry := uint64(7 + len(name) + len(value))
+	entry := uint32(7 + len(name) + in.valueLen(&x))
 	if len(in.xattrs) == 0 {
 		entry += wXattrHdrSize
 	}
@@ -411,7 +478,7 @@ func (in *winode) setXattr(name string, value []byte) error {
 		return badTree(in.src, "cannot set xattr %s: inode xattrs exceed %d bytes", name, MaxXattrBudget)
 	}
 	in.budget += entry
-	in.xattrs = append(in.xattrs, wxattr{name: name, value: value})
+	in.xattrs = append(in.xattrs, x)
 	return nil
 }
 
@@ -426,11 +493,11 @@ func (wr *writer) rewrite() error {
 	for i := range wr.inodes {
 		in := &wr.inodes[i]
 		n := in.src
-		if n == nil {
+		if in.stub {
 			continue
 		}
 		if len(n.Xattrs) > 0 {
-			in.xattrs = make([]wxattr, len(n.Xattrs), len(n.Xattrs)+2)
+			in.xattrs = wr.allocXattrs(len(n.Xattrs))
 			for j, x := range n.Xattrs {
 				name := x.Name
 				if strings.HasPrefix(name, overlayPrefix) {
@@ -442,19 +509,14 @@ func (wr *writer) rewrite() error {
 		switch n.Type() {
 		case ModeReg:
 			if n.Size > 0 && len(n.Content) == 0 {
-				var mc []byte = emptyValue
-				if !n.Digest.IsZero() {
-					d := n.Digest.Bytes()
-					mc = make([]byte, 4+len(d))
-					mc[1] = byte(len(mc))
-					mc[3] = byte(n.Digest.Algorithm())
-					copy(mc[4:], d)
+				if len(in.xattrs) == 0 {
+					in.xattrs = wr.allocXattrs(0)
 				}
-				if err := in.setXattr(overlayPrefix+"metacopy", mc); err != nil {
+				if err := in.setXattrGen(wxattr{name: overlayPrefix + "metacopy", gen: genMetacopy}); err != nil {
 					return err
 				}
 				if n.Payload != "" {
-					if err := in.setXattr(overlayPrefix+"redirect", []byte("/"+n.Payload)); err != nil {
+					if err := in.setXattrGen(wxattr{name: overlayPrefix + "redirect", gen: genRedirect}); err != nil {
 						return err
 					}
 				}
@@ -506,7 +568,7 @@ func (wr *writer) rewrite() error {
 	// Sort each inode's xattrs by name; give the stubs root's label.
 	for i := range wr.inodes {
 		in := &wr.inodes[i]
-		if in.src == nil && hasSelinux {
+		if in.stub && hasSelinux {
 			in.xattrs = []wxattr{{name: "security.selinux", value: selinux}}
 		}
 		if len(in.xattrs) > 1 {
@@ -517,9 +579,9 @@ func (wr *writer) rewrite() error {
 				wr.hasACL = true
 			}
 		}
-		if i == 0 || in.mtime.Sec < wr.minMtime.Sec ||
-			(in.mtime.Sec == wr.minMtime.Sec && in.mtime.Nsec < wr.minMtime.Nsec) {
-			wr.minMtime = in.mtime
+		mt := in.src.Mtime
+		if i == 0 || mt.Sec < wr.minMtime.Sec || (mt.Sec == wr.minMtime.Sec && mt.Nsec < wr.minMtime.Nsec) {
+			wr.minMtime = mt
 		}
 	}
 	return nil
@@ -542,34 +604,111 @@ func xattrIndex(name string) (uint8, string) {
 	return 0, name
 }
 
-func xattrDiskSize(name string, value []byte) uint64 {
+func xattrDiskSize(name string, valueLen int) uint64 {
 	_, suffix := xattrIndex(name)
-	return roundUp(uint64(4+len(suffix)+len(value)), 4)
+	return roundUp(uint64(4+len(suffix)+valueLen), 4)
 }
 
 func roundUp(x, a uint64) uint64 { return (x + a - 1) / a * a }
 
+// xattrSlots returns how many xattr slots allocXattrs reserves for n.
+func xattrSlots(n *Node) int {
+	if len(n.Xattrs) > 0 || (n.Type() == ModeReg && n.Size > 0 && len(n.Content) == 0) {
+		return len(n.Xattrs) + 2
+	}
+	return 0
+}
+
+// allocXattrs returns a list of n xattrs with room for two more, carved
+// from one arena (most inodes have a few xattrs; one allocation each would
+// dominate the writer's allocations).
+func (wr *writer) allocXattrs(n int) []wxattr {
+	if cap(wr.xarena)-len(wr.xarena) < n+2 {
+		wr.xarena = make([]wxattr, 0, max(n+2, min(wr.nXattrs, 1<<16)))
+	}
+	l := len(wr.xarena)
+	wr.xarena = wr.xarena[:l+n+2]
+	return wr.xarena[l : l+n : l+n+2]
+}
+
 // computeShared finds the (name, value) pairs used by more than one inode
-// and orders the shared table like libcomposefs (descending).
+// and orders the shared table like libcomposefs (descending). A first pass
+// counts 64-bit hashes only; the pairs whose hash repeats are then counted
+// exactly, so memory stays small when most pairs are unique (metacopy and
+// redirect values).
 func (wr *writer) computeShared() {
-	index := make(map[string]*sharedXattr)
-	var key []byte
+	seed := maphash.MakeSeed()
+	var scratch []byte
+	hash := func(in *winode, x *wxattr) uint64 {
+		var h maphash.Hash
+		h.SetSeed(seed)
+		h.WriteString(x.name)
+		h.WriteByte(0)
+		if x.gen == genMetacopy {
+			// the value is a function of the digest alone
+			return h.Sum64() ^ maphash.Comparable(seed, in.src.Digest)
+		}
+		scratch = in.appendValue(scratch[:0], x)
+		h.Write(scratch)
+		return h.Sum64()
+	}
+	counts := make(map[uint64]int32, wr.nXattrs/2)
 	for i := range wr.inodes {
-		for _, x := range wr.inodes[i].xattrs {
-			key = append(append(append(key[:0], x.name...), 0), x.value...)
-			if s, ok := index[string(key)]; ok {
-				s.count++
-				continue
+		in := &wr.inodes[i]
+		for j := range in.xattrs {
+			counts[hash(in, &in.xattrs[j])]++
+		}
+	}
+	// Exact counts for the pairs whose hash repeats: candidates chained by
+	// hash, each with a representative (inode, xattr).
+	type cand struct {
+		in    int32
+		x     int32
+		count int32
+		next  int32
+	}
+	var cands []cand
+	heads := make(map[uint64]int32)
+	find := func(i int32, j int32, h uint64, insert bool) int32 {
+		in := &wr.inodes[i]
+		x := &in.xattrs[j]
+		head, ok := heads[h]
+		if ok {
+			for k := head; k >= 0; k = cands[k].next {
+				rin := &wr.inodes[cands[k].in]
+				rx := &rin.xattrs[cands[k].x]
+				if rx.name == x.name && sameValue(rin, rx, in, x) {
+					return k
+				}
 			}
-			index[string(key)] = &sharedXattr{name: x.name, value: x.value, count: 1}
+		}
+		if !insert {
+			return -1
+		}
+		next := int32(-1)
+		if ok {
+			next = head
+		}
+		cands = append(cands, cand{in: i, x: j, next: next})
+		heads[h] = int32(len(cands) - 1)
+		return int32(len(cands) - 1)
+	}
+	for i := range wr.inodes {
+		in := &wr.inodes[i]
+		for j := range in.xattrs {
+			if h := hash(in, &in.xattrs[j]); counts[h] > 1 {
+				cands[find(int32(i), int32(j), h, true)].count++
+			}
 		}
 	}
-	for _, s := range index {
-		if s.count > 1 {
-			wr.shared = append(wr.shared, s)
+	for k := range cands {
+		if cands[k].count > 1 {
+			in := &wr.inodes[cands[k].in]
+			x := &in.xattrs[cands[k].x]
+			wr.shared = append(wr.shared, sharedXattr{name: x.name, value: in.appendValue(nil, x), count: int32(k)})
 		}
 	}
-	slices.SortFunc(wr.shared, func(a, b *sharedXattr) int {
+	slices.SortFunc(wr.shared, func(a, b sharedXattr) int {
 		if c := strings.Compare(b.name, a.name); c != 0 {
 			return c
 		}
@@ -578,12 +717,14 @@ func (wr *writer) computeShared() {
 		}
 		return strings.Compare(string(b.value), string(a.value))
 	})
+	// pos maps a candidate to its place in the shared table.
+	pos := make(map[int32]int32, len(wr.shared))
 	var off uint64
-	pos := make(map[*sharedXattr]int32, len(wr.shared))
-	for i, s := range wr.shared {
+	for i := range wr.shared {
+		s := &wr.shared[i]
+		pos[s.count] = int32(i)
 		s.offset = uint32(off)
-		pos[s] = int32(i)
-		off += xattrDiskSize(s.name, s.value)
+		off += xattrDiskSize(s.name, len(s.value))
 	}
 	wr.sharedSize = off
 	for i := range wr.inodes {
@@ -595,9 +736,12 @@ func (wr *writer) computeShared() {
 			if len(wr.shared) == 0 || refs >= wMaxSharedRefs {
 				continue
 			}
-			key = append(append(append(key[:0], x.name...), 0), x.value...)
-			if s := index[string(key)]; s.count > 1 {
-				x.shared = pos[s]
+			h := hash(in, x)
+			if counts[h] < 2 {
+				continue
+			}
+			if p, ok := pos[find(int32(i), int32(j), h, false)]; ok {
+				x.shared = p
 				refs++
 			}
 		}
@@ -617,7 +761,10 @@ func chunking(size uint64) (uint32, uint64) {
 // its children (the root's whiteout stubs included) and "." and "..".
 func (wr *writer) dirents(di int32, fn func(name string, idx int32)) {
 	in := &wr.inodes[di]
-	kids := in.src.Children
+	var kids []*Node
+	if !in.stub {
+		kids = in.src.Children
+	}
 	var stubs []string
 	if di == 0 {
 		stubs = wr.stubs
@@ -661,7 +808,7 @@ func (wr *writer) dirents(di int32, fn func(name string, idx int32)) {
 	}
 }
 
-func (wr *writer) dirSize(di int32) (uint64, uint32) {
+func (wr *writer) dirSize(di int32) (uint32, uint32) {
 	var nblocks uint64
 	var used uint64
 	wr.dirents(di, func(name string, _ int32) {
@@ -676,7 +823,7 @@ func (wr *writer) dirSize(di int32) (uint64, uint32) {
 		nblocks++
 		used = 0
 	}
-	return nblocks, uint32(used)
+	return uint32(min(nblocks, math.MaxUint32)), uint32(used)
 }
 
 // layout places every inode (compute_erofs_inodes).
@@ -692,7 +839,7 @@ func (wr *writer) layout() error {
 			in.tail = uint32(len(in.src.Inode.Target))
 		case typ == ModeReg && in.size > 0:
 			if len(in.src.Content) > 0 {
-				in.nblocks = in.size / wBlockSize
+				in.nblocks = uint32(in.size / wBlockSize)
 				in.tail = uint32(in.size % wBlockSize)
 				if in.tail > wBlockSize/2 {
 					in.nblocks++
@@ -705,10 +852,10 @@ func (wr *writer) layout() error {
 		}
 		size := in.size
 		if typ == ModeDir {
-			size = in.nblocks*wBlockSize + uint64(in.tail)
+			size = uint64(in.nblocks)*wBlockSize + uint64(in.tail)
 		}
-		in.compact = in.mtime == wr.minMtime && in.nlink <= math.MaxUint16 &&
-			in.uid <= math.MaxUint16 && in.gid <= math.MaxUint16 && size <= math.MaxUint32
+		in.compact = in.src.Mtime == wr.minMtime && in.nlink <= math.MaxUint16 &&
+			in.src.UID <= math.MaxUint16 && in.src.GID <= math.MaxUint16 && size <= math.MaxUint32
 		isize := uint64(wExtendedSize)
 		if in.compact {
 			isize = wCompactSize
@@ -718,7 +865,7 @@ func (wr *writer) layout() error {
 			if x.shared >= 0 {
 				in.nshared++
 			} else {
-				unshared += xattrDiskSize(x.name, x.value)
+				unshared += xattrDiskSize(x.name, in.valueLen(&x))
 			}
 		}
 		if len(in.xattrs) > 0 {
@@ -733,8 +880,11 @@ func (wr *writer) layout() error {
 		extra := wr.tailPadding(in, pos, isize+uint64(in.xsize))
 		pos += extra
 		in.ipad = uint32(pos - ppos)
-		in.nid = pos / wSlotSize
-		wr.dataBlocks += in.nblocks
+		if pos/wSlotSize > math.MaxUint32 {
+			return badTree(in.src, "image metadata too large")
+		}
+		in.nid = uint32(pos / wSlotSize)
+		wr.dataBlocks += uint64(in.nblocks)
 		pos += isize + uint64(in.xsize) + uint64(in.tail)
 	}
 	if wr.inodes[0].nid > math.MaxUint16-1 {
@@ -779,10 +929,11 @@ func (wr *writer) tailPadding(in *winode, pos, nonTail uint64) uint64 {
 
 // emitter writes sequentially, tracking the offset; the first error sticks.
 type emitter struct {
-	w   *bufio.Writer
-	off uint64
-	err error
-	buf [64]byte
+	w     *bufio.Writer
+	off   uint64
+	err   error
+	buf   [64]byte
+	value []byte // scratch for generated xattr values
 }
 
 var zeros [wBlockSize]byte
@@ -812,6 +963,15 @@ func (e *emitter) pad(n uint64) {
 }
 
 func (e *emitter) align(a uint64) { e.pad(roundUp(e.off, a) - e.off) }
+
+// nullAddrs writes n chunk indexes that map nothing (EROFS_NULL_ADDR).
+func (e *emitter) nullAddrs(n uint64) {
+	r := e.buf[:4]
+	binary.LittleEndian.PutUint32(r, wNullAddr)
+	for range n {
+		e.write(r)
+	}
+}
 
 func (wr *writer) emit(e *emitter) {
 	le := binary.LittleEndian
@@ -858,11 +1018,11 @@ func (wr *writer) emit(e *emitter) {
 
 func (e *emitter) writeXattr(name string, value []byte) {
 	idx, suffix := xattrIndex(name)
-	var h [4]byte
+	h := e.buf[:4]
 	h[0] = byte(len(suffix))
 	h[1] = idx
 	binary.LittleEndian.PutUint16(h[2:], uint16(len(value)))
-	e.write(h[:])
+	e.write(h)
 	e.writeString(suffix)
 	e.write(value)
 	e.align(4)
@@ -882,7 +1042,7 @@ func (wr *writer) emitInode(e *emitter, i int32, current *uint64) {
 	var chunkCount uint64
 	switch typ {
 	case ModeDir:
-		size = in.nblocks*wBlockSize + uint64(in.tail)
+		size = uint64(in.nblocks)*wBlockSize + uint64(in.tail)
 	case ModeReg:
 		size = in.size
 	case ModeLink:
@@ -893,7 +1053,7 @@ func (wr *writer) emitInode(e *emitter, i int32, current *uint64) {
 	}
 	if in.nblocks > 0 && (typ == ModeDir || typ == ModeReg || typ == ModeLink) {
 		iu = uint32(*current / wBlockSize)
-		*current += in.nblocks * wBlockSize
+		*current += uint64(in.nblocks) * wBlockSize
 	}
 	switch typ {
 	case ModeChar, ModeBlock:
@@ -921,8 +1081,8 @@ func (wr *writer) emitInode(e *emitter, i int32, current *uint64) {
 		le.PutUint32(b[8:], uint32(size))
 		le.PutUint32(b[16:], iu)
 		le.PutUint32(b[20:], uint32(i))
-		le.PutUint16(b[24:], uint16(in.uid))
-		le.PutUint16(b[26:], uint16(in.gid))
+		le.PutUint16(b[24:], uint16(in.src.UID))
+		le.PutUint16(b[26:], uint16(in.src.GID))
 	} else {
 		b = b[:wExtendedSize]
 		le.PutUint16(b[0:], layout<<1|1)
@@ -931,35 +1091,37 @@ func (wr *writer) emitInode(e *emitter, i int32, current *uint64) {
 		le.PutUint64(b[8:], size)
 		le.PutUint32(b[16:], iu)
 		le.PutUint32(b[20:], uint32(i))
-		le.PutUint32(b[24:], in.uid)
-		le.PutUint32(b[28:], in.gid)
-		le.PutUint64(b[32:], uint64(in.mtime.Sec))
-		le.PutUint32(b[40:], in.mtime.Nsec)
+		le.PutUint32(b[24:], in.src.UID)
+		le.PutUint32(b[28:], in.src.GID)
+		le.PutUint64(b[32:], uint64(in.src.Mtime.Sec))
+		le.PutUint32(b[40:], in.src.Mtime.Nsec)
 		le.PutUint32(b[44:], in.nlink)
 	}
 	e.write(b)
 
 	if in.xsize > 0 {
 		start := e.off
-		var h [wXattrHdrSize]byte
 		var filter uint32
 		for _, x := range in.xattrs {
 			idx, suffix := xattrIndex(x.name)
-			filter |= 1 << (xxh32([]byte(suffix), wFilterSeed+uint32(idx)) & 31)
+			filter |= 1 << (xxh32(suffix, wFilterSeed+uint32(idx)) & 31)
 		}
+		h := e.buf[:wXattrHdrSize]
+		clear(h)
 		le.PutUint32(h[0:], ^filter)
 		h[4] = byte(in.nshared)
-		e.write(h[:])
+		e.write(h)
 		for _, x := range in.xattrs {
 			if x.shared >= 0 {
-				var r [4]byte
-				le.PutUint32(r[:], uint32((wr.inodesEnd%wBlockSize+uint64(wr.shared[x.shared].offset))/4))
-				e.write(r[:])
+				r := e.buf[:4]
+				le.PutUint32(r, uint32((wr.inodesEnd%wBlockSize+uint64(wr.shared[x.shared].offset))/4))
+				e.write(r)
 			}
 		}
 		for _, x := range in.xattrs {
 			if x.shared < 0 {
-				e.writeXattr(x.name, x.value)
+				e.value = in.appendValue(e.value[:0], &x)
+				e.writeXattr(x.name, e.value)
 			}
 		}
 		e.pad(uint64(in.xsize) - (e.off - start))
@@ -979,11 +1141,7 @@ func (wr *writer) emitInode(e *emitter, i int32, current *uint64) {
 			if len(in.src.Content) > 0 {
 				e.write(in.src.Content[len(in.src.Content)-int(in.tail):])
 			} else {
-				var r [4]byte
-				le.PutUint32(r[:], wNullAddr)
-				for range chunkCount {
-					e.write(r[:])
-				}
+				e.nullAddrs(chunkCount)
 			}
 		}
 	}
@@ -993,23 +1151,20 @@ func (wr *writer) emitInode(e *emitter, i int32, current *uint64) {
 // tail (blocks false).
 func (wr *writer) emitDirents(e *emitter, di int32, blocks bool) {
 	in := &wr.inodes[di]
-	type ent struct {
-		name string
-		idx  int32
-	}
-	var chunk []ent
+	chunk := wr.dchunk[:0]
+	defer func() { wr.dchunk = chunk[:0] }()
 	var used uint64
-	var written uint64
+	var written uint32
 	flush := func(align uint64) {
 		nameoff := uint64(len(chunk) * 12)
-		var d [12]byte
+		d := e.buf[:12]
 		for _, c := range chunk {
 			t := &wr.inodes[c.idx]
-			binary.LittleEndian.PutUint64(d[0:], t.nid)
+			binary.LittleEndian.PutUint64(d[0:], uint64(t.nid))
 			binary.LittleEndian.PutUint16(d[8:], uint16(nameoff))
 			d[10] = fileType(t.mode)
 			d[11] = 0
-			e.write(d[:])
+			e.write(d)
 			nameoff += uint64(len(c.name))
 		}
 		for _, c := range chunk {
@@ -1028,7 +1183,7 @@ func (wr *writer) emitDirents(e *emitter, di int32, blocks bool) {
 			chunk = chunk[:0]
 		}
 		used += l
-		chunk = append(chunk, ent{name, idx})
+		chunk = append(chunk, dent{name, idx})
 	})
 	if written < in.nblocks {
 		if blocks {
@@ -1071,11 +1226,7 @@ func (wr *writer) emitData(e *emitter, i int32) {
 		wr.emitDirents(e, i, true)
 	case ModeReg:
 		if len(in.src.Content) == 0 {
-			var r [4]byte
-			binary.LittleEndian.PutUint32(r[:], wNullAddr)
-			for range wMaxChunks {
-				e.write(r[:])
-			}
+			e.nullAddrs(wMaxChunks)
 			return
 		}
 		e.write(in.src.Content[:min(len(in.src.Content), wBlockSize)])

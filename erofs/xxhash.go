@@ -1,9 +1,6 @@
 package erofs
 
-import (
-	"encoding/binary"
-	"math/bits"
-)
+import "math/bits"
 
 // xxh32 constants (xxHash, Yann Collet; the variant the Linux kernel ships).
 const (
@@ -20,7 +17,7 @@ func xxRound(acc, in uint32) uint32 {
 
 // xxh32 returns the 32-bit xxHash of b with the given seed. EROFS uses it for
 // the per-inode xattr name bloom filter.
-func xxh32(b []byte, seed uint32) uint32 {
+func xxh32(b string, seed uint32) uint32 {
 	n := len(b)
 	var h uint32
 	if n >= 16 {
@@ -29,10 +26,10 @@ func xxh32(b []byte, seed uint32) uint32 {
 		v3 := seed
 		v4 := seed - xxPrime1
 		for len(b) >= 16 {
-			v1 = xxRound(v1, binary.LittleEndian.Uint32(b[0:]))
-			v2 = xxRound(v2, binary.LittleEndian.Uint32(b[4:]))
-			v3 = xxRound(v3, binary.LittleEndian.Uint32(b[8:]))
-			v4 = xxRound(v4, binary.LittleEndian.Uint32(b[12:]))
+			v1 = xxRound(v1, le32(b[0:]))
+			v2 = xxRound(v2, le32(b[4:]))
+			v3 = xxRound(v3, le32(b[8:]))
+			v4 = xxRound(v4, le32(b[12:]))
 			b = b[16:]
 		}
 		h = bits.RotateLeft32(v1, 1) + bits.RotateLeft32(v2, 7) +
@@ -42,12 +39,12 @@ func xxh32(b []byte, seed uint32) uint32 {
 	}
 	h += uint32(n)
 	for len(b) >= 4 {
-		h += binary.LittleEndian.Uint32(b) * xxPrime3
+		h += le32(b) * xxPrime3
 		h = bits.RotateLeft32(h, 17) * xxPrime4
 		b = b[4:]
 	}
-	for _, c := range b {
-		h += uint32(c) * xxPrime5
+	for i := 0; i < len(b); i++ {
+		h += uint32(b[i]) * xxPrime5
 		h = bits.RotateLeft32(h, 11) * xxPrime1
 	}
 	h ^= h >> 15
@@ -56,4 +53,9 @@ func xxh32(b []byte, seed uint32) uint32 {
 	h *= xxPrime3
 	h ^= h >> 16
 	return h
+}
+
+func le32(b string) uint32 {
+	_ = b[3]
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
 }
