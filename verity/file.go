@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 )
 
@@ -110,14 +111,28 @@ func digestOpen(ctx context.Context, f *os.File, fi fs.FileInfo, alg Algorithm) 
 	return d, nil
 }
 
+// serialState is the memory of one digestSerial call: a Hasher and a read
+// buffer.
+type serialState struct {
+	h   Hasher
+	buf []byte
+}
+
+// serialPool recycles serialStates across DigestFile calls, so hashing
+// tens of thousands of small files does not allocate (and zero) a buffer
+// and tree blocks for each. It is a cache, not state: nothing observable
+// depends on what it holds.
+var serialPool = sync.Pool{
+	New: func() any { return &serialState{buf: make([]byte, chunkReadSize)} },
+}
+
 // digestSerial hashes the first size bytes of r on the calling goroutine.
 func digestSerial(ctx context.Context, r io.ReaderAt, size int64, alg Algorithm) (Digest, error) {
-	h := New(alg)
-	bufSize := int64(chunkReadSize)
-	if size < bufSize {
-		bufSize = size
-	}
-	buf := make([]byte, bufSize)
+	st := serialPool.Get().(*serialState)
+	defer serialPool.Put(st)
+	h, buf := &st.h, st.buf
+	h.alg = alg
+	h.Reset()
 	for off := int64(0); off < size; {
 		if err := ctx.Err(); err != nil {
 			return Digest{}, err

@@ -184,48 +184,44 @@ func (h *Hasher) Sum() Digest {
 }
 
 // root writes the Merkle tree root hash to dst (zero for an empty file).
-// It works on copies of the pending blocks.
+// It does not change h: the pending partial blocks are completed in a
+// scratch block, bottom up, each carrying one hash to the level above.
 func (h *Hasher) root(dst []byte) {
 	ds := h.alg.Size()
 	clear(dst[:ds])
 	if h.size == 0 {
 		return
 	}
-	// pending[i] holds a copy of level i's partial block.
 	var scratch [BlockSize]byte
-	var pending [maxLevels][]byte
-	for i, l := range h.levels {
-		if l.n > 0 {
-			pending[i] = append(make([]byte, 0, BlockSize), l.buf[:l.n]...)
-		}
-	}
-	push := func(i int, sum []byte) {
-		if pending[i] == nil {
-			pending[i] = make([]byte, 0, BlockSize)
-		}
-		pending[i] = append(pending[i], sum...)
-	}
+	var carry [maxDigestSize]byte
+	hasCarry := false
 	if len(h.part) > 0 {
 		copy(scratch[:], h.part)
-		var sum [maxDigestSize]byte
-		h.alg.hashBlock(sum[:ds], scratch[:])
-		push(0, sum[:ds])
+		clear(scratch[len(h.part):])
+		h.alg.hashBlock(carry[:ds], scratch[:])
+		hasCarry = true
 	}
-	count := (h.size + BlockSize - 1) / BlockSize
+	count := (h.size + BlockSize - 1) / BlockSize // hashes at level i
 	fan := int64(h.alg.fanout())
 	i := 0
-	for count > 1 {
-		if len(pending[i]) > 0 {
-			clear(scratch[:])
-			copy(scratch[:], pending[i])
-			var sum [maxDigestSize]byte
-			h.alg.hashBlock(sum[:ds], scratch[:])
-			push(i+1, sum[:ds])
+	for ; count > 1; i++ {
+		l := &h.levels[i]
+		if l.n > 0 || hasCarry {
+			m := copy(scratch[:], l.buf[:l.n])
+			if hasCarry {
+				m += copy(scratch[m:], carry[:ds])
+			}
+			clear(scratch[m:])
+			h.alg.hashBlock(carry[:ds], scratch[:])
+			hasCarry = true
 		}
 		count = (count + fan - 1) / fan
-		i++
 	}
-	copy(dst, pending[i][:ds])
+	if hasCarry {
+		copy(dst, carry[:ds])
+	} else {
+		copy(dst, h.levels[i].buf[:ds])
+	}
 }
 
 // descriptorDigest hashes the 256-byte fs-verity descriptor for a file of
@@ -259,7 +255,9 @@ func DigestReader(r io.Reader, alg Algorithm) (Digest, int64, error) {
 		return Digest{}, 0, fmt.Errorf("%w: %d", ErrUnknownAlgorithm, alg)
 	}
 	h := New(alg)
-	n, err := h.ReadFrom(r)
+	// io.Copy uses r's WriteTo if it has one (no copy through a buffer),
+	// else h.ReadFrom.
+	n, err := io.Copy(h, r)
 	if err != nil {
 		return Digest{}, n, err
 	}
