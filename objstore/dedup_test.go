@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	cstorage "go.podman.io/storage"
-	"golang.org/x/sys/unix"
 	ctypes "go.podman.io/storage/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/verity"
 )
@@ -64,7 +64,9 @@ func TestDedupContainerStorage(t *testing.T) {
 		t.Fatal(err)
 	}
 	ours := importTree(t, s, map[string][]byte{"x": x, "y": y, "w": content(4, 9000)})
-	theirs := func(name string) unix.Stat_t { return stat(t, filepath.Join(graph, "vfs", "dir", layer.ID, "usr", name)) }
+	theirs := func(name string) unix.Stat_t {
+		return stat(t, filepath.Join(graph, "vfs", "dir", layer.ID, "usr", name))
+	}
 
 	res, err := s.Dedup(ctx, DedupOptions{GraphRoot: graph, RunRoot: run, Driver: "vfs"})
 	if err != nil {
