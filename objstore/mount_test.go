@@ -78,3 +78,28 @@ func TestInUse(t *testing.T) {
 	}
 	mustFsckClean(t, s)
 }
+
+func TestMountinfoMentions(t *testing.T) {
+	const img = "/s/images/abc"
+	tests := []struct {
+		line string
+		want bool
+	}{
+		{"45 27 0:40 / /mnt ro - overlay composefs ro,lowerdir+=/proc/self/fd/11,datadir+=/s/images/abc,redirect_dir=on", true},
+		{"45 27 0:40 / /mnt ro - overlay composefs ro,lowerdir=/x::/s/images/abc", true},
+		{"46 27 7:0 / /mnt ro - erofs /s/images/abc/image.cfs ro", true},
+		{"46 27 7:0 / /mnt ro - erofs /dev/loop0 ro", false},
+		{"45 27 0:40 / /mnt ro - overlay composefs ro,datadir+=/s/images/abcd", false},
+		{"45 27 0:40 / /s/images/abc rw - ext4 /dev/vda rw", false}, // the mount point is not a use
+		{"45 27 0:40 / /mnt ro - overlay composefs ro,datadir+=/s/removed/abc.12ef", false},
+		{"garbage", false},
+	}
+	for _, tc := range tests {
+		if got := mountinfoMentions([]byte(tc.line+"\n"), []string{img}); got != tc.want {
+			t.Errorf("%q: %v, want %v", tc.line, got, tc.want)
+		}
+	}
+	if got := mountinfoEscape("/a b\\c"); got != `/a\040b\134c` {
+		t.Errorf("escape: %q", got)
+	}
+}

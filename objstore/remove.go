@@ -30,7 +30,7 @@ type GCOptions struct {
 type GCResult struct {
 	Objects int   // objects deleted
 	Bytes   int64 // their size
-	Images  int   // removals finished (directories in removed/)
+	Images  int   // removals finished (directories in removed/), also by Open and Remove since the store was opened
 	InUse   int   // removals still waiting because the image is in use
 }
 
@@ -196,7 +196,12 @@ func (s *Store) finishRemoval(ctx context.Context, name string, dry bool) (bool,
 			}
 		}
 		s.crashPoint("remove.unlinked-refs")
-		if _, _, err := s.deleteUnreferenced(digests, false); err != nil {
+		n, b, err := s.deleteUnreferenced(digests, false)
+		s.mu.Lock()
+		s.freed.Objects += n
+		s.freed.Bytes += b
+		s.mu.Unlock()
+		if err != nil {
 			return false, err
 		}
 		s.crashPoint("remove.deleted-objects")
@@ -215,6 +220,9 @@ func (s *Store) finishRemoval(ctx context.Context, name string, dry bool) (bool,
 	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, fmt.Errorf("objstore: %w", err)
 	}
+	s.mu.Lock()
+	s.freed.Images++
+	s.mu.Unlock()
 	return true, nil
 }
 
@@ -264,10 +272,16 @@ func (s *Store) GC(ctx context.Context, opts GCOptions) (GCResult, error) {
 			s.log.Warn("cleaning tmp/", "err", err)
 		}
 	}
-	res.Images, res.InUse, err = s.finishRemovals(ctx, opts.DryRun)
+	_, res.InUse, err = s.finishRemovals(ctx, opts.DryRun)
 	if err != nil {
 		return res, err
 	}
+	// Report what this Store finished since it was opened (Open finishes
+	// pending removals too), then start counting afresh.
+	s.mu.Lock()
+	res.Images, res.Objects, res.Bytes = s.freed.Images, s.freed.Objects, s.freed.Bytes
+	s.freed = GCResult{}
+	s.mu.Unlock()
 	objDir := filepath.Join(s.root, dirObjects)
 	fans, err := os.ReadDir(objDir)
 	if err != nil {

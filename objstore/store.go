@@ -119,6 +119,7 @@ type Store struct {
 
 	mu     sync.Mutex
 	closed bool
+	freed  GCResult // removals finished since the last GC, for its report
 }
 
 // Open opens the store at root, creating it when opts.Create is set. It
@@ -150,7 +151,7 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 			return nil, fmt.Errorf("objstore: creating store %s: %w", root, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("objstore: %s: %w: store not initialised (run 'updatectl store init')", root, ErrNotFound)
+		return nil, fmt.Errorf("%s: store not initialised, run 'updatectl store init' (%w)", root, ErrNotFound)
 	case err != nil:
 		return nil, fmt.Errorf("objstore: %w", err)
 	case !fi.IsDir():
@@ -189,7 +190,7 @@ func (s *Store) initLayout(create bool) error {
 			return fmt.Errorf("objstore: initialising %s: %w", s.root, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("objstore: %s: %w: store not initialised (no %s; run 'updatectl store init')", s.root, ErrNotFound, fileConfig)
+		return fmt.Errorf("%s: store not initialised (no %s), run 'updatectl store init' (%w)", s.root, fileConfig, ErrNotFound)
 	case err != nil:
 		return fmt.Errorf("objstore: %w", err)
 	default:
