@@ -3,7 +3,20 @@
 //
 // A digest is exactly the kernel's "file digest": the hash of the 256-byte
 // fs-verity descriptor that holds the Merkle tree root, the file size, the
-// hash algorithm and the block size (4096 bytes, no salt).
+// hash algorithm and the block size (4096 bytes, no salt). It equals what
+// `fsverity digest` prints and what FS_IOC_MEASURE_VERITY returns.
+//
+// Computing digests needs no kernel support:
+//
+//   - Hasher (New) is an io.Writer for data that streams past once (a layer
+//     being unpacked); its memory is bounded by the tree depth.
+//   - DigestReader, DigestBytes: one-shot helpers over it.
+//   - DigestFile, DigestFileHandle: files, hashed on all cores when large;
+//     they refuse non-regular files (ErrNotRegular) and never block on a
+//     FIFO.
+//
+// Enable, Measure, IsEnabled and Supported use the kernel's fs-verity
+// ioctls; without fs-verity they fail with ErrNotSupported.
 package verity
 
 import (
