@@ -196,3 +196,58 @@ func TestFromDirErrors(t *testing.T) {
 		t.Errorf("cancelled: %v", err)
 	}
 }
+
+// referenceMkcomposefs returns the reference mkcomposefs (composefs 1.0.8
+// from Debian, unpacked by bench/reference-tools.sh; Debian 12 has no
+// composefs package), or skips when it cannot be had (no network).
+func referenceMkcomposefs(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("TWINROOT_MKCOMPOSEFS"); p != "" {
+		return p
+	}
+	out, err := exec.Command("bash", "../bench/reference-tools.sh").Output()
+	if err != nil {
+		t.Skipf("reference mkcomposefs unavailable (bench/reference-tools.sh: %v)", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return filepath.Join(lines[len(lines)-1], "mkcomposefs")
+}
+
+// TestFromDirMatchesMkcomposefs: for a hardlink-free tree with every file
+// type and edge case, `updatectl image create`'s library path (FromDir +
+// Write) gives the same image as `mkcomposefs DIR`, byte for byte, and
+// the same digest store.
+func TestFromDirMatchesMkcomposefs(t *testing.T) {
+	requireRoot(t)
+	mk := referenceMkcomposefs(t)
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	makeRichTree(t, src, treeSpec{bigDirEntries: 1000, sparseSize: 8 << 20, noHardlinks: true})
+	refStore, ourStore := t.TempDir(), t.TempDir()
+	ref := filepath.Join(t.TempDir(), "ref.cfs")
+	if out, err := exec.Command(mk, "--digest-store="+refStore, src, ref).CombinedOutput(); err != nil {
+		t.Fatalf("mkcomposefs: %v\n%s", err, out)
+	}
+	our := buildDirImage(t, src, ourStore)
+	a, _ := os.ReadFile(ref)
+	b, _ := os.ReadFile(our)
+	if !bytes.Equal(a, b) {
+		t.Errorf("image differs from mkcomposefs's (%d vs %d bytes)", len(b), len(a))
+	}
+	list := func(dir string) string {
+		var names []string
+		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				rel, _ := filepath.Rel(dir, p)
+				names = append(names, rel)
+			}
+			return nil
+		})
+		return strings.Join(names, "\n")
+	}
+	if l1, l2 := list(refStore), list(ourStore); l1 != l2 {
+		t.Errorf("digest stores differ:\nmkcomposefs %d objects, ours %d", strings.Count(l1, "\n")+1, strings.Count(l2, "\n")+1)
+	}
+}

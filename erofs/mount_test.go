@@ -32,6 +32,7 @@ func requireRoot(t testing.TB) {
 type treeSpec struct {
 	bigDirEntries int   // entries in the many-entry directory
 	sparseSize    int64 // apparent size of the sparse file
+	noHardlinks   bool  // mkcomposefs turns hardlinks into copies
 }
 
 // makeRichTree fills dir with every file type and the edge cases the
@@ -117,12 +118,14 @@ func makeRichTree(t testing.TB, dir string, spec treeSpec) {
 	must(os.Lchown(filepath.Join(dir, "links/rel"), 42, 43))
 
 	// Hardlinks: one external file with three names, one inline with two.
-	write("hard/one", data(9000), 0o644)
-	must(os.MkdirAll(filepath.Join(dir, "hard/sub"), 0o755))
-	must(os.Link(filepath.Join(dir, "hard/one"), filepath.Join(dir, "hard/sub/two")))
-	must(os.Link(filepath.Join(dir, "hard/one"), filepath.Join(dir, "zz-three")))
-	write("hard/small", data(10), 0o600)
-	must(os.Link(filepath.Join(dir, "hard/small"), filepath.Join(dir, "hard/sub/small2")))
+	if !spec.noHardlinks {
+		write("hard/one", data(9000), 0o644)
+		must(os.MkdirAll(filepath.Join(dir, "hard/sub"), 0o755))
+		must(os.Link(filepath.Join(dir, "hard/one"), filepath.Join(dir, "hard/sub/two")))
+		must(os.Link(filepath.Join(dir, "hard/one"), filepath.Join(dir, "zz-three")))
+		write("hard/small", data(10), 0o600)
+		must(os.Link(filepath.Join(dir, "hard/small"), filepath.Join(dir, "hard/sub/small2")))
+	}
 
 	// Xattrs.
 	xp := filepath.Join(dir, "xattrs/file")
