@@ -2,12 +2,16 @@ package objstore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,7 +49,9 @@ type ImportResult struct {
 // ImportDir turns the directory tree src into objects and a committed
 // image: each regular file larger than InlineMax bytes is read once,
 // streamed through Staging.AddObject (digested while written) on several
-// workers, and the tree with the digests becomes image.cfs.
+// workers, and the tree with the digests becomes image.cfs. Digests are
+// remembered per source directory (state/import/), so a re-import reads
+// only files that changed since.
 func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (ImportResult, error) {
 	start := time.Now()
 	var res ImportResult
@@ -73,19 +79,22 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	g.SetLimit(workers)
 	var files, added, done atomic.Int64
 	var bytes atomic.Int64
+	cachePath := s.importCachePath(abs)
+	oldCache := loadImportCache(cachePath)
+	var cmu sync.Mutex
+	newCache := map[string]string{}
 	w := &treeWalker{links: map[inodeKey]*erofs.Node{}}
-	w.file = func(n *erofs.Node, path string) {
+	w.file = func(n *erofs.Node, path string, sb *unix.Stat_t) {
 		files.Add(1)
+		key := importKey(sb)
 		g.Go(func() error {
-			f, err := os.Open(path)
+			d, new, err := s.importFile(gctx, st, path, int64(n.Size), oldCache[key])
 			if err != nil {
-				return fmt.Errorf("objstore: import: %w", err)
+				return err
 			}
-			defer f.Close()
-			d, new, err := st.AddObject(gctx, f, int64(n.Size))
-			if err != nil {
-				return fmt.Errorf("objstore: import %s: %w", path, err)
-			}
+			cmu.Lock()
+			newCache[key] = d.Hex()
+			cmu.Unlock()
 			n.Digest = d
 			n.Payload = d.ObjectPath()
 			if new {
@@ -114,14 +123,72 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	if err != nil {
 		return res, err
 	}
+	if cachePath != "" {
+		if b, err := json.Marshal(newCache); err == nil {
+			if err := writeFileAtomic(cachePath, b, 0o600); err != nil {
+				s.log.Warn("saving import cache", "err", err)
+			}
+		}
+	}
 	res = ImportResult{Digest: d, Files: int(files.Load()), Added: int(added.Load()), Bytes: bytes.Load(), Elapsed: time.Since(start)}
 	return res, nil
+}
+
+// importFile stores one file. When the import cache knows the file (same
+// device, inode, size, mtime and ctime as at the last import of this
+// directory) and objects/ still holds its digest, the object is linked
+// without reading the file; otherwise its content is streamed.
+func (s *Store) importFile(ctx context.Context, st *Staging, path string, size int64, cached string) (verity.Digest, bool, error) {
+	if cached != "" {
+		if d, err := verity.ParseDigest(s.alg.String() + ":" + cached); err == nil {
+			if err := st.LinkObject(ctx, d); err == nil {
+				return d, false, nil
+			}
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return verity.Digest{}, false, fmt.Errorf("objstore: import: %w", err)
+	}
+	defer f.Close()
+	d, added, err := st.AddObject(ctx, f, size)
+	if err != nil {
+		return d, false, fmt.Errorf("objstore: import %s: %w", path, err)
+	}
+	return d, added, nil
+}
+
+// importKey identifies a file's content for the import cache: ctime
+// changes with every write, whatever a tool does with mtime.
+func importKey(sb *unix.Stat_t) string {
+	return fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", sb.Dev, sb.Ino, sb.Size, sb.Mtim.Sec, sb.Mtim.Nsec, sb.Ctim.Sec, sb.Ctim.Nsec)
+}
+
+// importCachePath is STORE/state/import/<hash of the source path>.json.
+func (s *Store) importCachePath(src string) string {
+	dir, err := s.StateDir("import")
+	if err != nil {
+		return ""
+	}
+	h := sha256.Sum256([]byte(src))
+	return filepath.Join(dir, hex.EncodeToString(h[:8])+".json")
+}
+
+func loadImportCache(path string) map[string]string {
+	m := map[string]string{}
+	if path == "" {
+		return m
+	}
+	if b, err := os.ReadFile(path); err == nil {
+		_ = json.Unmarshal(b, &m)
+	}
+	return m
 }
 
 // treeWalker builds an erofs tree from a directory.
 type treeWalker struct {
 	links map[inodeKey]*erofs.Node
-	file  func(n *erofs.Node, path string) // a regular file to store as an object
+	file  func(n *erofs.Node, path string, sb *unix.Stat_t) // a regular file to store as an object
 }
 
 func (w *treeWalker) build(ctx context.Context, dir string) (*erofs.Node, error) {
@@ -223,7 +290,7 @@ func (w *treeWalker) fill(n *erofs.Node, p string, sb *unix.Stat_t) error {
 			}
 			n.Content = b
 		default:
-			w.file(n, p)
+			w.file(n, p, sb)
 		}
 	}
 	return nil
