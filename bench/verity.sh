@@ -16,11 +16,11 @@
 # cores free), single-core throughput >= 90 % of crypto/sha256, peak RSS
 # <= 32 MiB. The ratios are printed; the script fails only on wrong
 # digests, since timings on a shared machine are not a test.
-# Environment: BIN (default bin/updatectl), RUNS (hyperfine runs, default 5).
+# Environment: BIN (default bin/updatectl), RUNS (hyperfine runs, default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${BIN:-bin/updatectl}")
-RUNS=${RUNS:-5}
+RUNS=${RUNS:-10}
 [ -x "$BIN" ] || { echo "verity.sh: $BIN missing (make build)" >&2; exit 1; }
 for t in hyperfine fsverity /usr/bin/time go; do
 	command -v "$t" >/dev/null || { echo "verity.sh: $t missing (make deps)" >&2; exit 1; }
@@ -49,15 +49,16 @@ hf() { hyperfine --style basic --warmup 1 --runs "$RUNS" -N --export-json "$@" >
 echo
 echo "1. one 1 GiB file (sha256): fsverity vs updatectl"
 hf "$TMP/big.json" "fsverity digest $TMP/big" "$BIN verity digest $TMP/big"
-"$TMP/tool" ratio "$TMP/big.json"
+"$TMP/tool" ratio "$TMP/big.json" 0.6
 
 echo "2. 10,000 files (sha256): fsverity vs updatectl"
 (cd "$TMP/many" && hf "$TMP/many.json" "xargs -a ../list fsverity digest" "xargs -a ../list $BIN verity digest")
-"$TMP/tool" ratio "$TMP/many.json"
+"$TMP/tool" ratio "$TMP/many.json" 0.6
 
-echo "3. single core, 1 GiB file: Go crypto/sha256 vs GOMAXPROCS=1 updatectl (throughput = 1/ratio)"
+echo "3. single core, 1 GiB file: Go crypto/sha256 vs GOMAXPROCS=1 updatectl"
+echo "   (our throughput = 1/ratio; >= 90 % means ratio <= 1.111)"
 hf "$TMP/one.json" "$TMP/tool sha256 $TMP/big" "env GOMAXPROCS=1 $BIN verity digest $TMP/big"
-"$TMP/tool" ratio "$TMP/one.json"
+"$TMP/tool" ratio "$TMP/one.json" 1.111
 
 echo "4. peak RSS of updatectl verity digest on the 1 GiB file"
 peak=0
@@ -65,5 +66,7 @@ for _ in 1 2 3; do
 	kb=$(/usr/bin/time -v "$BIN" verity digest "$TMP/big" 2>&1 >/dev/null | awk '/Maximum resident set size/ {print $NF}')
 	((kb > peak)) && peak=$kb
 done
-echo "  peak RSS: $peak KiB ($((peak / 1024)) MiB; target <= 32 MiB)"
+verdict="met"
+((peak <= 32 * 1024)) || verdict="NOT met"
+echo "  peak RSS: $peak KiB ($((peak / 1024)) MiB; target <= 32 MiB: $verdict)"
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"

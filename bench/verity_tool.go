@@ -10,8 +10,8 @@
 // KiB, as in an OS image; about 75 KiB on average) with random contents,
 // in 100 subdirectories. sha256 reads with 1 MiB buffers on one goroutine:
 // the single-core baseline for `GOMAXPROCS=1 updatectl verity digest`.
-// ratio prints each command's mean, min and CPU time and the ratio of the
-// second command's times to the first's.
+// ratio prints each command's mean, min and CPU time, the ratios of the
+// second command's times to the first's and whether they meet a target.
 package main
 
 import (
@@ -44,15 +44,21 @@ func run(args []string) error {
 		return mkfiles(args[1], n)
 	case len(args) == 2 && args[0] == "sha256":
 		return sum(args[1])
-	case len(args) == 2 && args[0] == "ratio":
-		return ratio(args[1])
+	case len(args) == 3 && args[0] == "ratio":
+		limit, err := strconv.ParseFloat(args[2], 64)
+		if err != nil {
+			return err
+		}
+		return ratio(args[1], limit)
 	}
-	return fmt.Errorf("usage: mkfiles DIR N | sha256 FILE | ratio JSON")
+	return fmt.Errorf("usage: mkfiles DIR N | sha256 FILE | ratio JSON MAX")
 }
 
-// ratio reads hyperfine's JSON export of two commands, A then B, and
-// prints B/A for the mean and the min wall time.
-func ratio(path string) error {
+// ratio reads hyperfine's JSON export of two commands, A then B, prints
+// B/A for the mean and the min wall time and for the CPU time, and whether
+// the ratios are at most limit. On a busy machine the min is the better
+// estimate of the uncontended time.
+func ratio(path string, limit float64) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -81,7 +87,15 @@ func ratio(path string) error {
 		fmt.Printf("  %-60s mean %6.3f s ± %5.3f  min %6.3f s  cpu %6.3f s\n", cmd, r.Mean, r.Stddev, r.Min, r.User+r.System)
 	}
 	a, z := doc.Results[0], doc.Results[1]
-	fmt.Printf("  ratio second/first: mean %.3f  min %.3f  cpu %.3f\n", z.Mean/a.Mean, z.Min/a.Min, (z.User+z.System)/(a.User+a.System))
+	verdict := func(r float64) string {
+		if r <= limit {
+			return "met"
+		}
+		return "NOT met"
+	}
+	rMean, rMin := z.Mean/a.Mean, z.Min/a.Min
+	fmt.Printf("  ratio second/first: mean %.3f (%s)  min %.3f (%s)  cpu %.3f  [target <= %.3f]\n",
+		rMean, verdict(rMean), rMin, verdict(rMin), (z.User+z.System)/(a.User+a.System), limit)
 	return nil
 }
 
