@@ -515,3 +515,35 @@ func TestDiskFull(t *testing.T) {
 	}
 	mustFsckClean(t, s)
 }
+
+// The import cache must never hide a change: a rewritten file (even with
+// its old mtime restored) is read again, and a cached digest whose object
+// gc deleted is read again too.
+func TestImportCache(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t, Options{})
+	src := t.TempDir()
+	writeTree(t, src, map[string][]byte{"a": content(1, 5000), "b": content(2, 5000)})
+	r1 := importDir(t, s, src)
+	fi, _ := os.Stat(filepath.Join(src, "a"))
+	os.WriteFile(filepath.Join(src, "a"), content(3, 5000), 0o644)
+	os.Chtimes(filepath.Join(src, "a"), fi.ModTime(), fi.ModTime())
+	r2 := importDir(t, s, src)
+	if r2.Added != 1 || r2.Digest == r1.Digest {
+		t.Fatalf("changed file not re-read: added %d", r2.Added)
+	}
+	img, _ := erofs.OpenFile(filepath.Join(s.ImageDir(r2.Digest), fileImage))
+	root, _ := img.Tree()
+	img.Close()
+	if n, _ := root.Lookup("/a"); n == nil || n.Digest != verity.DigestBytes(content(3, 5000), verity.SHA256) {
+		t.Fatalf("image has the stale digest for /a")
+	}
+	// Remove both images: objects gone; the cache still names them.
+	s.Remove(ctx, r1.Digest)
+	s.Remove(ctx, r2.Digest)
+	r3 := importDir(t, s, src)
+	if r3.Digest != r2.Digest || r3.Added != 2 {
+		t.Errorf("re-import after gc: added %d, digest equal %v", r3.Added, r3.Digest == r2.Digest)
+	}
+	mustFsckClean(t, s)
+}
