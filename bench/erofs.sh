@@ -19,17 +19,19 @@ trap 'rm -rf -- "$tmp"' EXIT
 
 # measure LABEL DUMP: runs image create, prints wall seconds and peak RSS.
 measure() {
-	local label=$1 dump=$2 best_wall="" best_rss=""
+	local label=$1 dump=$2 best_wall="" best_rss="" best_cpu=""
 	for _ in 1 2 3; do
 		/usr/bin/time -v "$BIN" image create --from-file "$dump" "$tmp/out.cfs" 2>"$tmp/time.txt" >/dev/null ||
 			{ cat "$tmp/time.txt"; exit 1; }
-		local wall rss
+		local wall rss cpu
 		wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$tmp/time.txt")
 		rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tmp/time.txt")
+		cpu=$(awk -F': ' '/User time|System time/ {s+=$2} END {print s}' "$tmp/time.txt")
+		if [ -z "$best_cpu" ] || awk "BEGIN{exit !($cpu < $best_cpu)}"; then best_cpu=$cpu; fi
 		if [ -z "$best_wall" ] || awk "BEGIN{exit !($wall < $best_wall)}"; then best_wall=$wall; fi
 		if [ -z "$best_rss" ] || [ "$rss" -lt "$best_rss" ]; then best_rss=$rss; fi
 	done
-	printf '%-28s wall %6.2f s   peak RSS %7.1f MiB   (best of 3)\n' "$label" "$best_wall" "$(awk "BEGIN{print $best_rss/1024}")"
+	printf '%-28s wall %6.2f s   cpu %6.2f s   peak RSS %7.1f MiB   (best of 3)\n' "$label" "$best_wall" "$best_cpu" "$(awk "BEGIN{print $best_rss/1024}")"
 	LAST_WALL=$best_wall
 	LAST_RSS=$best_rss
 }

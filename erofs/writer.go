@@ -669,7 +669,7 @@ func (wr *writer) computeShared() {
 	}
 	var cands []cand
 	heads := make(map[uint64]int32)
-	find := func(i int32, j int32, h uint64, insert bool) int32 {
+	find := func(i int32, j int32, h uint64) int32 {
 		in := &wr.inodes[i]
 		x := &in.xattrs[j]
 		head, ok := heads[h]
@@ -682,9 +682,6 @@ func (wr *writer) computeShared() {
 				}
 			}
 		}
-		if !insert {
-			return -1
-		}
 		next := int32(-1)
 		if ok {
 			next = head
@@ -693,14 +690,20 @@ func (wr *writer) computeShared() {
 		heads[h] = int32(len(cands) - 1)
 		return int32(len(cands) - 1)
 	}
+	// x.shared holds the candidate index until the table is sorted.
 	for i := range wr.inodes {
 		in := &wr.inodes[i]
 		for j := range in.xattrs {
-			if h := hash(in, &in.xattrs[j]); counts[h] > 1 {
-				cands[find(int32(i), int32(j), h, true)].count++
+			x := &in.xattrs[j]
+			x.shared = -1
+			if h := hash(in, x); counts[h] > 1 {
+				k := find(int32(i), int32(j), h)
+				cands[k].count++
+				x.shared = k
 			}
 		}
 	}
+	clear(counts)
 	for k := range cands {
 		if cands[k].count > 1 {
 			in := &wr.inodes[cands[k].in]
@@ -717,8 +720,11 @@ func (wr *writer) computeShared() {
 		}
 		return strings.Compare(string(b.value), string(a.value))
 	})
-	// pos maps a candidate to its place in the shared table.
-	pos := make(map[int32]int32, len(wr.shared))
+	// pos maps a candidate to its place in the shared table (or -1).
+	pos := make([]int32, len(cands))
+	for k := range pos {
+		pos[k] = -1
+	}
 	var off uint64
 	for i := range wr.shared {
 		s := &wr.shared[i]
@@ -732,16 +738,15 @@ func (wr *writer) computeShared() {
 		refs := 0
 		for j := range in.xattrs {
 			x := &in.xattrs[j]
-			x.shared = -1
-			if len(wr.shared) == 0 || refs >= wMaxSharedRefs {
+			if x.shared < 0 {
 				continue
 			}
-			h := hash(in, x)
-			if counts[h] < 2 {
-				continue
-			}
-			if p, ok := pos[find(int32(i), int32(j), h, false)]; ok {
-				x.shared = p
+			x.shared = pos[x.shared]
+			if x.shared >= 0 {
+				if refs >= wMaxSharedRefs {
+					x.shared = -1
+					continue
+				}
 				refs++
 			}
 		}
