@@ -35,7 +35,11 @@
 // "TWINROOT-VMTEST-EXIT=<status>" and powers off. QEMU runs with
 // -accel tcg -cpu max -nodefaults -serial stdio -no-reboot and panic=-1, so
 // every way the guest ends also ends QEMU; the console is captured from
-// stdout and parsed for the markers. A whole-boot timeout (120 s by default)
+// stdout and parsed for the markers. TCG runs one CPU by default: with
+// several CPUs on several host threads, the guest kernel now and then oopses
+// on code another CPU has just patched, so more CPUs share one thread. A
+// guest that dies before the start marker (no test code ran yet) is booted
+// again, at most three times in all. A whole-boot timeout (120 s by default)
 // kills QEMU. KVM is used only when TWINROOT_VMTEST_ACCEL=kvm: it is not
 // probed, because on some hosts a KVM guest hangs instead of failing.
 //

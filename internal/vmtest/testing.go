@@ -19,8 +19,8 @@ func Run(t testing.TB, cfg Config) Result {
 	if err != nil {
 		t.Fatalf("%v\n--- guest console:\n%s", err, res.Output)
 	}
-	t.Logf("vmtest: kernel %s, boot %v, total %v, exit status %d",
-		res.Kernel, res.BootTime.Round(time.Millisecond), res.Duration.Round(time.Millisecond), res.ExitCode)
+	t.Logf("vmtest: kernel %s, boot %v, total %v, boots %d, exit status %d",
+		res.Kernel, res.BootTime.Round(time.Millisecond), res.Duration.Round(time.Millisecond), res.Boots, res.ExitCode)
 	return res
 }
 

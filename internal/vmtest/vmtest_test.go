@@ -1,3 +1,5 @@
+//go:build linux
+
 package vmtest
 
 import (
@@ -51,8 +53,8 @@ func TestCpioWriter(t *testing.T) {
 	if err := unix.Lstat(filepath.Join(dir, "a/console"), &st); err != nil {
 		t.Fatal(err)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFCHR || unix.Major(st.Rdev) != 5 || unix.Minor(st.Rdev) != 1 {
-		t.Errorf("a/console: mode %o rdev %d:%d", st.Mode, unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR || unix.Major(uint64(st.Rdev)) != 5 || unix.Minor(uint64(st.Rdev)) != 1 {
+		t.Errorf("a/console: mode %o rdev %d:%d", st.Mode, unix.Major(uint64(st.Rdev)), unix.Minor(uint64(st.Rdev)))
 	}
 }
 
@@ -300,5 +302,26 @@ func TestBadConfig(t *testing.T) {
 		if _, err := RunContext(t.Context(), cfg); !errors.Is(err, ErrBadConfig) {
 			t.Errorf("RunContext(%+v): err = %v, want ErrBadConfig", cfg, err)
 		}
+	}
+}
+
+// TestBootFailure checks that a guest whose kernel never starts the command
+// yields ErrNoExitStatus after the bounded re-boots, not a hang or a pass.
+func TestBootFailure(t *testing.T) {
+	if InGuest() {
+		t.Skip("host-side test")
+	}
+	res, err := RunContext(t.Context(), Config{
+		Command:    []string{"/bin/true"},
+		KernelArgs: []string{"rdinit=/no-such-init"},
+	})
+	if !errors.Is(err, ErrNoExitStatus) {
+		t.Fatalf("err = %v, want ErrNoExitStatus\n%s", err, res.Output)
+	}
+	if res.Boots != maxBoots || res.ExitCode != -1 || res.BootTime != 0 {
+		t.Errorf("Boots %d, ExitCode %d, BootTime %v; want %d, -1, 0", res.Boots, res.ExitCode, res.BootTime, maxBoots)
+	}
+	if !strings.Contains(res.Output, "Kernel panic") {
+		t.Errorf("output lacks the kernel panic\n%s", res.Output)
 	}
 }
