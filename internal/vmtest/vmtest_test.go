@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -226,8 +227,11 @@ func TestBootShell(t *testing.T) {
 // TestGuestTest runs its own body in the guest.
 func TestGuestTest(t *testing.T) {
 	if !InGuest() {
-		RunTestInGuest(t, Config{Disks: []Disk{{Verity: true}}, Env: []string{"VMTEST_SELFTEST=yes"}})
+		RunTestInGuest(t, Config{Disks: []Disk{{Verity: true}}, Env: []string{"VMTEST_SELFTEST=yes"}, CPUs: 2})
 		return
+	}
+	if n := runtime.NumCPU(); n != 2 {
+		t.Errorf("guest has %d CPUs, want 2", n)
 	}
 	if os.Getenv("VMTEST_SELFTEST") != "yes" {
 		t.Errorf("Config.Env not passed: VMTEST_SELFTEST=%q", os.Getenv("VMTEST_SELFTEST"))
