@@ -8,7 +8,9 @@
 #   2. a generated dumpfile of 1,000,000 entries (and 100,000, to show that
 #      time and memory grow linearly).
 # Environment: VECTORS (default ../shared/vectors/composefs), BIN
-# (default bin/updatectl, built by `make build`).
+# (default bin/updatectl, built by `make build`), MKCOMPOSEFS (a reference
+# mkcomposefs to measure on the same inputs; default: mkcomposefs from PATH
+# if there is one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin/updatectl}
@@ -17,11 +19,17 @@ VECTORS=${VECTORS:-../shared/vectors/composefs}
 tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
 
-# measure LABEL DUMP: runs image create, prints wall seconds and peak RSS.
+MKCOMPOSEFS=${MKCOMPOSEFS:-$(command -v mkcomposefs || true)}
+
+# measure LABEL DUMP [CMD...]: runs CMD (default: image create) on DUMP,
+# prints wall seconds, CPU seconds and peak RSS (best of 3).
 measure() {
 	local label=$1 dump=$2 best_wall="" best_rss="" best_cpu=""
+	shift 2
+	local cmd=("$@")
+	[ ${#cmd[@]} -gt 0 ] || cmd=("$BIN" image create)
 	for _ in 1 2 3; do
-		/usr/bin/time -v "$BIN" image create --from-file "$dump" "$tmp/out.cfs" 2>"$tmp/time.txt" >/dev/null ||
+		/usr/bin/time -v "${cmd[@]}" --from-file "$dump" "$tmp/out.cfs" 2>"$tmp/time.txt" >/dev/null ||
 			{ cat "$tmp/time.txt"; exit 1; }
 		local wall rss cpu
 		wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,a,":"); s=0; for(i=1;i<=n;i++) s=s*60+a[i]; print s}' "$tmp/time.txt")
@@ -73,10 +81,16 @@ if [ -f "$VECTORS/cs9-x86_64-minimal.dump.gz" ]; then
 	fi
 	echo "   image sha256 matches the golden vector; reference mkcomposefs: 0.14 s, 27 MiB"
 	awk "BEGIN{printf \"   ratio to reference: time %.2fx, memory %.2fx\n\", $LAST_WALL/0.14, $LAST_RSS/1024/27}"
+	if [ -n "$MKCOMPOSEFS" ]; then
+		CFS_PARSE_STRICT=1 measure "  mkcomposefs (reference)" "$tmp/cs9.dump" "$MKCOMPOSEFS"
+	fi
 else
 	echo "cs9 vector not found in $VECTORS: skipped"
 fi
 for n in 100000 1000000; do
 	gen "$n" >"$tmp/gen.dump"
 	measure "generated ($((n / 1000))k entries)" "$tmp/gen.dump"
+	if [ -n "$MKCOMPOSEFS" ]; then
+		measure "  mkcomposefs (reference)" "$tmp/gen.dump" "$MKCOMPOSEFS"
+	fi
 done

@@ -18,8 +18,8 @@ const (
 	// MaxInlineContent is the largest inline CONTENT a dumpfile entry (and
 	// the writer) accepts (LCFS_INLINE_CONTENT_MAX).
 	MaxInlineContent = 5000
-	// MaxPayloadLen is the longest payload or symlink target is one byte
-	// less than this (PATH_MAX).
+	// MaxPayloadLen bounds payloads and symlink targets: they must be
+	// shorter than this (PATH_MAX).
 	MaxPayloadLen = 4096
 	// MaxXattrNameLen is the longest xattr name (XATTR_NAME_MAX).
 	MaxXattrNameLen = 255
