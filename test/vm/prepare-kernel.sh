@@ -108,7 +108,7 @@ if [ -z "$debfile" ]; then
 	[ -f "$KEYRING" ] || die "$KEYRING missing (install debian-archive-keyring)"
 	echo "deb [arch=amd64 signed-by=$KEYRING] $uri $SUITE main" >"$APTDIR/sources.list"
 	log "apt-get update ($SUITE)"
-	apt-get "${APT_OPTS[@]}" -q update >&2 || die "apt-get update failed"
+	apt-get "${APT_OPTS[@]}" -q update >&2 || die "apt-get update failed (does $KEYRING hold the $SUITE archive key? update debian-archive-keyring)"
 	pkg=$(apt-cache "${APT_OPTS[@]}" depends linux-image-amd64 |
 		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
 	[ -n "$pkg" ] || die "cannot resolve linux-image-amd64 in $SUITE"
