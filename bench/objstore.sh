@@ -26,7 +26,7 @@ elapsed() { calc "$2 - $1"; }
 written_bytes() { # bytes the filesystem holding $1 has written since boot
 	local dev
 	dev=$(basename "$(df --output=source "$1" | tail -1)")
-	awk -v d="$dev" '$3 == d { printf "%d\n", $10 * 512 }' /proc/diskstats
+	awk -v d="$dev" '$3 == d { printf "%.0f\n", $10 * 512 }' /proc/diskstats
 }
 
 # gen_tree DIR NFILES TOTAL_BYTES SEED: 80 % small files (1-16 KiB), 20 %

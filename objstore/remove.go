@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/verity"
@@ -171,40 +172,17 @@ func (s *Store) finishRemoval(ctx context.Context, name string, dry bool) (bool,
 	if err != nil {
 		return false, fmt.Errorf("objstore: %w", err)
 	}
+	// Fan-out directories in parallel: unlinking is I/O-bound.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
 	for _, e := range ents {
 		if !e.IsDir() || len(e.Name()) != 2 {
 			continue
 		}
-		if err := ctx.Err(); err != nil {
-			return false, err
-		}
-		sub := filepath.Join(dir, e.Name())
-		names, err := readNames(sub)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return false, fmt.Errorf("objstore: %w", err)
-		}
-		var digests []verity.Digest
-		for _, n := range names {
-			if err := os.Remove(filepath.Join(sub, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return false, fmt.Errorf("objstore: %w", err)
-			}
-			if od, ok := s.parseObjectName(e.Name(), n); ok {
-				digests = append(digests, od)
-			}
-		}
-		s.crashPoint("remove.unlinked-refs")
-		n, b, err := s.deleteUnreferenced(digests, false)
-		s.mu.Lock()
-		s.freed.Objects += n
-		s.freed.Bytes += b
-		s.mu.Unlock()
-		if err != nil {
-			return false, err
-		}
-		s.crashPoint("remove.deleted-objects")
+		g.Go(func() error { return s.removeFanout(gctx, dir, e.Name()) })
+	}
+	if err := g.Wait(); err != nil {
+		return false, err
 	}
 	for _, e := range ents {
 		if e.Name() == fileLock {
@@ -224,6 +202,42 @@ func (s *Store) finishRemoval(ctx context.Context, name string, dry bool) (bool,
 	s.freed.Images++
 	s.mu.Unlock()
 	return true, nil
+}
+
+// removeFanout deletes a removed image's links in one fan-out directory,
+// then the objects/ links that became the last ones.
+func (s *Store) removeFanout(ctx context.Context, dir, fan string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sub := filepath.Join(dir, fan)
+	names, err := readNames(sub)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("objstore: %w", err)
+	}
+	var digests []verity.Digest
+	for _, n := range names {
+		if err := os.Remove(filepath.Join(sub, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("objstore: %w", err)
+		}
+		if od, ok := s.parseObjectName(fan, n); ok {
+			digests = append(digests, od)
+		}
+	}
+	s.crashPoint("remove.unlinked-refs")
+	n, b, err := s.deleteUnreferenced(digests, false)
+	s.mu.Lock()
+	s.freed.Objects += n
+	s.freed.Bytes += b
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	s.crashPoint("remove.deleted-objects")
+	return nil
 }
 
 // deleteUnreferenced deletes from objects/ each of digests whose link count

@@ -233,15 +233,22 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 	}
 	s.crashPoint("add.written")
 
+	// st.mu guards the maps only; the links are made outside it, so that
+	// workers run their syscalls in parallel. Two workers staging the same
+	// digest meet at EEXIST on the staging name.
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	if st.done {
+		st.mu.Unlock()
 		return d, false, ErrClosed
 	}
-	if _, ok := st.staged[d]; ok {
+	_, ok := st.staged[d]
+	if ok {
+		st.mu.Unlock()
 		return d, false, nil
 	}
-	if err := st.mkfanout(d); err != nil {
+	err = st.mkfanout(d)
+	st.mu.Unlock()
+	if err != nil {
 		return d, false, err
 	}
 	dst := filepath.Join(st.dir, d.ObjectPath())
@@ -250,11 +257,14 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 		return d, false, err
 	}
 	if existing {
-		st.staged[d] = n
+		st.record(d, n, false)
 		s.crashPoint("add.linked-existing")
 		return d, false, nil
 	}
 	if err := t.linkTo(dst); err != nil {
+		if err == unix.EEXIST {
+			return d, false, nil // staged meanwhile by another worker
+		}
 		return d, false, fmt.Errorf("objstore: placing object %s: %w", d, err)
 	}
 	s.crashPoint("add.placed")
@@ -266,9 +276,18 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 			return d, false, err
 		}
 	}
-	st.staged[d] = n
-	st.pending[d] = true
+	st.record(d, n, true)
 	return d, true, nil
+}
+
+// record notes a staged object.
+func (st *Staging) record(d verity.Digest, size int64, pending bool) {
+	st.mu.Lock()
+	st.staged[d] = size
+	if pending {
+		st.pending[d] = true
+	}
+	st.mu.Unlock()
 }
 
 // linkExisting links objects/<d> to dst under the shared gc lock. It
@@ -282,6 +301,9 @@ func (st *Staging) linkExisting(d verity.Digest, dst string, size int64) (bool, 
 	err := unix.Linkat(unix.AT_FDCWD, st.s.ObjectPath(d), unix.AT_FDCWD, dst, 0)
 	if err == unix.ENOENT {
 		return false, nil
+	}
+	if err == unix.EEXIST {
+		return true, nil // staged meanwhile by another worker of this staging
 	}
 	if err != nil {
 		return false, fmt.Errorf("objstore: linking object %s: %w", d, err)
@@ -339,14 +361,17 @@ func (st *Staging) LinkObject(ctx context.Context, d verity.Digest) error {
 		return fmt.Errorf("objstore: object %s: %w", d, ErrAlgorithm)
 	}
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	if st.done {
+		st.mu.Unlock()
 		return ErrClosed
 	}
 	if _, ok := st.staged[d]; ok {
+		st.mu.Unlock()
 		return nil
 	}
-	if err := st.mkfanout(d); err != nil {
+	err := st.mkfanout(d)
+	st.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	dst := filepath.Join(st.dir, d.ObjectPath())
@@ -361,7 +386,7 @@ func (st *Staging) LinkObject(ctx context.Context, d verity.Digest) error {
 	if err := unix.Lstat(dst, &sb); err != nil {
 		return fmt.Errorf("objstore: %w", err)
 	}
-	st.staged[d] = sb.Size
+	st.record(d, sb.Size, false)
 	return nil
 }
 
