@@ -197,20 +197,21 @@ func TestFromDirErrors(t *testing.T) {
 	}
 }
 
-// referenceMkcomposefs returns the reference mkcomposefs (composefs 1.0.8
-// from Debian, unpacked by bench/reference-tools.sh; Debian 12 has no
-// composefs package), or skips when it cannot be had (no network).
-func referenceMkcomposefs(t *testing.T) string {
+// referenceTool returns the path of a reference composefs tool
+// (mkcomposefs, composefs-info: composefs 1.0.8 from Debian, unpacked by
+// bench/reference-tools.sh, since Debian 12 has no composefs package), or
+// skips when it cannot be had (no network).
+func referenceTool(t *testing.T, name string) string {
 	t.Helper()
-	if p := os.Getenv("TWINROOT_MKCOMPOSEFS"); p != "" {
-		return p
+	if d := os.Getenv("TWINROOT_COMPOSEFS_BIN"); d != "" {
+		return filepath.Join(d, name)
 	}
 	out, err := exec.Command("bash", "../bench/reference-tools.sh").Output()
 	if err != nil {
-		t.Skipf("reference mkcomposefs unavailable (bench/reference-tools.sh: %v)", err)
+		t.Skipf("reference %s unavailable (bench/reference-tools.sh: %v)", name, err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return filepath.Join(lines[len(lines)-1], "mkcomposefs")
+	return filepath.Join(lines[len(lines)-1], name)
 }
 
 // TestFromDirMatchesMkcomposefs: for a hardlink-free tree with every file
@@ -219,7 +220,7 @@ func referenceMkcomposefs(t *testing.T) string {
 // the same digest store.
 func TestFromDirMatchesMkcomposefs(t *testing.T) {
 	requireRoot(t)
-	mk := referenceMkcomposefs(t)
+	mk := referenceTool(t, "mkcomposefs")
 	src := filepath.Join(t.TempDir(), "src")
 	if err := os.Mkdir(src, 0o755); err != nil {
 		t.Fatal(err)

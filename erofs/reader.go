@@ -329,8 +329,8 @@ func rdParseXattrEntry(b []byte) (name string, value []byte, n int, err error) {
 	return name, value, (end + 3) &^ 3, nil
 }
 
-// xattrs returns the inode's extended attributes: shared ones first, then
-// the inline ones, as stored.
+// xattrs returns the inode's extended attributes as stored: the inline
+// ones, then the shared ones (the order composefs-info dump prints).
 func (img *Image) xattrs(ri *rdRawInode) ([]Xattr, error) {
 	body := ri.xattrBody
 	if len(body) == 0 {
@@ -341,6 +341,18 @@ func (img *Image) xattrs(ri *rdRawInode) ([]Xattr, error) {
 		return nil, fmt.Errorf("%w: nid %d: %d shared xattrs do not fit the xattr area", ErrCorrupt, ri.nid, shared)
 	}
 	var out []Xattr
+	rest := body[rdXattrHeaderSize+4*shared:]
+	for len(rest) >= rdXattrEntrySize {
+		name, value, n, err := rdParseXattrEntry(rest)
+		if err != nil {
+			return nil, fmt.Errorf("%w: nid %d: inline xattr: %v", ErrCorrupt, ri.nid, err)
+		}
+		out = append(out, Xattr{Name: name, Value: value})
+		if n >= len(rest) {
+			break
+		}
+		rest = rest[n:]
+	}
 	for i := 0; i < shared; i++ {
 		idx := binary.LittleEndian.Uint32(body[rdXattrHeaderSize+4*i:])
 		off := img.xattrStart + int64(idx)*4
@@ -357,18 +369,6 @@ func (img *Image) xattrs(ri *rdRawInode) ([]Xattr, error) {
 			return nil, fmt.Errorf("%w: nid %d: shared xattr at offset %d: %v", ErrCorrupt, ri.nid, off, err)
 		}
 		out = append(out, Xattr{Name: name, Value: value})
-	}
-	rest := body[rdXattrHeaderSize+4*shared:]
-	for len(rest) >= rdXattrEntrySize {
-		name, value, n, err := rdParseXattrEntry(rest)
-		if err != nil {
-			return nil, fmt.Errorf("%w: nid %d: inline xattr: %v", ErrCorrupt, ri.nid, err)
-		}
-		out = append(out, Xattr{Name: name, Value: value})
-		if n >= len(rest) {
-			break
-		}
-		rest = rest[n:]
 	}
 	return out, nil
 }
@@ -460,18 +460,16 @@ func (img *Image) dirents(ri *rdRawInode) ([]rdDirent, error) {
 
 // Overlay xattr names that the composefs writer adds or escapes.
 const (
-	rdXattrOverlayPrefix   = "trusted.overlay."
-	rdXattrEscapedPrefix   = "trusted.overlay.overlay."
-	rdXattrMetacopy        = "trusted.overlay.metacopy"
-	rdXattrRedirect        = "trusted.overlay.redirect"
-	rdXattrEscWhiteout     = "trusted.overlay.overlay.whiteout"
-	rdXattrEscWhiteouts    = "trusted.overlay.overlay.whiteouts"
-	rdXattrUserWhiteout    = "user.overlay.whiteout"
-	rdXattrUserWhiteouts   = "user.overlay.whiteouts"
-	rdXattrUserOpaque      = "user.overlay.opaque"
-	rdFsverityAlgSHA256    = 1
-	rdFsverityAlgSHA512    = 2
-	rdWhiteoutOpaqueMarker = "x"
+	rdXattrOverlayPrefix = "trusted.overlay."
+	rdXattrEscapedPrefix = "trusted.overlay.overlay."
+	rdXattrMetacopy      = "trusted.overlay.metacopy"
+	rdXattrRedirect      = "trusted.overlay.redirect"
+	rdXattrEscWhiteout   = "trusted.overlay.overlay.whiteout"
+	rdXattrEscWhiteouts  = "trusted.overlay.overlay.whiteouts"
+	rdXattrUserWhiteout  = "user.overlay.whiteout"
+	rdXattrUserWhiteouts = "user.overlay.whiteouts"
+	rdFsverityAlgSHA256  = 1
+	rdFsverityAlgSHA512  = 2
 )
 
 // rdTreeBuilder carries the state of one Tree call.
@@ -483,16 +481,32 @@ type rdTreeBuilder struct {
 	ents  map[*Node][]*Node // directory -> its entries in dirent order, nil for skipped whiteouts
 }
 
+// TreeOptions tune Image.ReadTree.
+type TreeOptions struct {
+	// WriterPrimaries makes, for each hardlinked inode, the name the writer
+	// serialized it under the primary entry (found from i_ino, the
+	// writer's breadth-first inode number), so that Write of the tree
+	// reproduces the image byte for byte. Without it the first name in
+	// depth-first order is the primary, as composefs-info dump has it.
+	WriterPrimaries bool
+}
+
 // Tree reads the whole image back into the source tree it was written
+// from, as `composefs-info dump` does; it is ReadTree with zero options.
+func (img *Image) Tree() (*Node, error) { return img.ReadTree(TreeOptions{}) }
+
+// ReadTree reads the whole image back into the source tree it was written
 // from, undoing what the writer added, as `composefs-info dump` does:
 // trusted.overlay.metacopy and .redirect become Digest and Payload,
 // escaped trusted.overlay.overlay.* names lose one "overlay.", converted
-// whiteouts become character devices 0/0 again, and the root's opaque
-// marker and the "00".."ff" whiteout stubs are dropped. A directory
-// reached twice (a cycle or a directory hardlink) is an error; other
-// inodes reached again become hardlink entries (Link) to the first one
-// met in depth-first name order.
-func (img *Image) Tree() (*Node, error) {
+// whiteouts become character devices 0/0 again, and the other
+// trusted.overlay.* xattrs (the root's opaque marker), the whiteout
+// marker xattrs and the "00".."ff" whiteout stubs (any character device
+// 0/0 in the image) are dropped. Xattrs keep the image's order (inline,
+// then shared). A directory reached twice (a cycle or a directory
+// hardlink) is an error; other inodes reached again become hardlink
+// entries (Link); see TreeOptions for which name is the primary.
+func (img *Image) ReadTree(opts TreeOptions) (*Node, error) {
 	tb := &rdTreeBuilder{img: img, seen: make(map[uint64]*Node), ino: make(map[*Node]uint32),
 		links: make(map[*Node][]*Node), ents: make(map[*Node][]*Node)}
 	root, skip, err := tb.node(img.rootNid, "", 0)
@@ -502,7 +516,9 @@ func (img *Image) Tree() (*Node, error) {
 	if skip || !root.IsDir() {
 		return nil, fmt.Errorf("%w: root nid %d is not a directory", ErrCorrupt, img.rootNid)
 	}
-	tb.pickPrimaries(root)
+	if opts.WriterPrimaries {
+		tb.pickPrimaries(root)
+	}
 	return root, nil
 }
 
@@ -673,7 +689,6 @@ func (tb *rdTreeBuilder) readDir(n *Node, ri *rdRawInode, depth int) error {
 // the composefs overlay xattrs back into tree fields.
 func (n *Node) setImageXattrs(xs []Xattr) error {
 	var out []Xattr
-	whiteouts := false
 	for _, x := range xs {
 		switch x.Name {
 		case rdXattrRedirect:
@@ -710,10 +725,7 @@ func (n *Node) setImageXattrs(xs []Xattr) error {
 				n.Content = nil
 				continue
 			}
-		case rdXattrEscWhiteouts:
-			whiteouts = true
-			continue
-		case rdXattrUserWhiteout, rdXattrUserWhiteouts:
+		case rdXattrEscWhiteouts, rdXattrUserWhiteout, rdXattrUserWhiteouts:
 			continue
 		}
 		if strings.HasPrefix(x.Name, rdXattrOverlayPrefix) {
@@ -724,31 +736,15 @@ func (n *Node) setImageXattrs(xs []Xattr) error {
 		}
 		out = append(out, x)
 	}
-	if whiteouts {
-		// Format version 1 marks a directory holding whiteouts with an
-		// escaped opaque pair of value "x"; it was not in the source.
-		out = rdDropXattr(out, rdXattrOverlayPrefix+"opaque", rdWhiteoutOpaqueMarker)
-		out = rdDropXattr(out, rdXattrUserOpaque, rdWhiteoutOpaqueMarker)
-	}
-	rdSortXattrs(out)
-	for i := 1; i < len(out); i++ {
-		if out[i].Name == out[i-1].Name {
-			return fmt.Errorf("xattr %q appears twice", out[i].Name)
+	seen := make(map[string]bool, len(out))
+	for _, x := range out {
+		if seen[x.Name] {
+			return fmt.Errorf("xattr %q appears twice", x.Name)
 		}
+		seen[x.Name] = true
 	}
 	n.Xattrs = out
 	return nil
-}
-
-func rdDropXattr(xs []Xattr, name, value string) []Xattr {
-	out := xs[:0]
-	for _, x := range xs {
-		if x.Name == name && string(x.Value) == value {
-			continue
-		}
-		out = append(out, x)
-	}
-	return out
 }
 
 // rdSortXattrs sorts xattrs by name, bytewise.

@@ -128,7 +128,14 @@ func summarizeTree(t *testing.T, root *Node) map[string]dumpSummary {
 			out[n.Path()] = dumpSummary{mode: fmt.Sprintf("@%o", n.Link.Mode)}
 			return nil
 		}
-		s := dumpSummary{mode: fmt.Sprintf("%o", n.Mode), size: fmt.Sprint(n.Size), payload: n.Payload, nxattrs: len(n.Xattrs), content: string(n.Content)}
+		s := dumpSummary{mode: fmt.Sprintf("%o", n.Mode), size: fmt.Sprint(n.Size), payload: n.Payload, content: string(n.Content)}
+		for _, x := range n.Xattrs {
+			// Format version 1 marks directories holding whiteouts so.
+			if (x.Name == "trusted.overlay.opaque" || x.Name == "user.overlay.opaque") && string(x.Value) == "x" {
+				continue
+			}
+			s.nxattrs++
+		}
 		if n.IsDir() {
 			s.size = ""
 		}

@@ -182,34 +182,42 @@ func writeImage(a *app, out string, root *erofs.Node, opts erofs.WriteOptions) (
 }
 
 func newImageDumpCmd(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:   "dump IMAGE",
+	var exact bool
+	cmd := &cobra.Command{
+		Use:   "dump [--exact-hardlinks] IMAGE",
 		Short: "Print a composefs image as a dumpfile",
 		Long: `Print the tree stored in the composefs image IMAGE as a composefs dumpfile
-(composefs-dump(5)), like "composefs-info dump": what the writer added (overlay
-xattrs, escapes, whiteout stubs) is undone, so "image create --from-file" of
-the output gives the same image back.`,
+(composefs-dump(5)), byte for byte as "composefs-info dump" prints it: what the
+writer added (overlay xattrs, escapes, whiteout stubs) is undone.
+
+A hardlinked file is printed in full under its first name in depth-first
+order, and as a hardlink ("@" mode) under the others. With --exact-hardlinks
+the full entry is the name the image stores the inode under instead, so that
+"image create --from-file" of the output gives the same image back, byte for
+byte.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			img, err := erofs.OpenFile(args[0])
-			if err != nil {
-				return fmt.Errorf("image dump: %w", err)
-			}
-			defer img.Close()
-			root, err := img.Tree()
-			if err != nil {
-				return fmt.Errorf("image dump: %s: %w", args[0], err)
-			}
-			bw := bufio.NewWriterSize(a.stdout, 1<<20)
-			if err := erofs.WriteDump(bw, root); err != nil {
-				return fmt.Errorf("image dump: %w", err)
-			}
-			if err := bw.Flush(); err != nil {
-				return fmt.Errorf("image dump: writing output: %w", err)
-			}
-			return nil
-		},
 	}
+	cmd.Flags().BoolVar(&exact, "exact-hardlinks", false, "name hardlinks as the image stores them (create gives the image back)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		img, err := erofs.OpenFile(args[0])
+		if err != nil {
+			return fmt.Errorf("image dump: %w", err)
+		}
+		defer img.Close()
+		root, err := img.ReadTree(erofs.TreeOptions{WriterPrimaries: exact})
+		if err != nil {
+			return fmt.Errorf("image dump: %s: %w", args[0], err)
+		}
+		bw := bufio.NewWriterSize(a.stdout, 1<<20)
+		if err := erofs.WriteDump(bw, root); err != nil {
+			return fmt.Errorf("image dump: %w", err)
+		}
+		if err := bw.Flush(); err != nil {
+			return fmt.Errorf("image dump: writing output: %w", err)
+		}
+		return nil
+	}
+	return cmd
 }
 
 func newImageDigestCmd(a *app) *cobra.Command {
