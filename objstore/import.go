@@ -109,12 +109,14 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 		})
 	}
 	root, werr := w.build(gctx, abs)
+	s.log.Debug("import: tree walked", "files", files.Load(), "elapsed", time.Since(start))
 	if err := g.Wait(); err != nil {
 		return res, err
 	}
 	if werr != nil {
 		return res, werr
 	}
+	s.log.Debug("import: files ingested", "files", files.Load(), "new", added.Load(), "elapsed", time.Since(start))
 	meta := opts.Meta
 	if meta.Source == "" {
 		meta.Source = "import:" + abs

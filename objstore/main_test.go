@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"go.podman.io/storage/pkg/reexec"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
@@ -195,36 +196,48 @@ func poolImportFixed(ctx context.Context, s *Store, idx []int, link bool) (verit
 
 // poolImport commits an image of 20 pool entries: file fNNN holds
 // poolContent(NNN). Entries whose object exists are linked (the way sync
-// reuses objects of applied layers), the others streamed.
+// reuses objects of applied layers), the others streamed; 4 workers share
+// the staging, as ImportDir's do.
 func poolImport(ctx context.Context, s *Store, r *rand.Rand) (verity.Digest, error) {
 	st, err := s.NewStaging(ctx)
 	if err != nil {
 		return verity.Digest{}, err
 	}
 	defer st.Abort()
+	idx := r.Perm(poolSize)[:20]
+	tryLink := make([]bool, len(idx))
+	for k := range tryLink {
+		tryLink[k] = r.IntN(2) == 0
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for k, i := range idx {
+		g.Go(func() error {
+			data := poolContent(i)
+			d := verity.DigestBytes(data, verity.SHA256)
+			if tryLink[k] && s.HasObject(d) {
+				err := st.LinkObject(gctx, d)
+				if err == nil {
+					return nil
+				}
+				if !errors.Is(err, ErrNotFound) { // deleted by gc meanwhile: stream it
+					return err
+				}
+			}
+			got, _, err := st.AddObject(gctx, bytes.NewReader(data), int64(len(data)))
+			if err == nil && got != d {
+				err = fmt.Errorf("AddObject digest %s, want %s", got, d)
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return verity.Digest{}, err
+	}
 	root := erofs.NewRoot(0o755)
-	for _, i := range r.Perm(poolSize)[:20] {
+	for _, i := range idx {
 		data := poolContent(i)
 		d := verity.DigestBytes(data, verity.SHA256)
-		linked := false
-		if r.IntN(2) == 0 && s.HasObject(d) {
-			err := st.LinkObject(ctx, d)
-			switch {
-			case err == nil:
-				linked = true
-			case !errors.Is(err, ErrNotFound): // deleted by gc meanwhile: stream it
-				return d, err
-			}
-		}
-		if !linked {
-			got, _, err := st.AddObject(ctx, bytes.NewReader(data), int64(len(data)))
-			if err != nil {
-				return d, err
-			}
-			if got != d {
-				return d, fmt.Errorf("AddObject digest %s, want %s", got, d)
-			}
-		}
 		n := &erofs.Node{Name: fmt.Sprintf("f%03d", i), Inode: erofs.Inode{
 			Mode: erofs.ModeReg | 0o644, Nlink: 1, Size: uint64(len(data)), Payload: d.ObjectPath(), Digest: d}}
 		if err := root.AddChild(n); err != nil {

@@ -44,11 +44,13 @@ type ImageMeta struct {
 // directory under tmp/ that holds an exclusive flock on tmp/<name>.lock for
 // its whole life. Its methods are safe for concurrent use.
 type Staging struct {
-	s     *Store
-	name  string
-	dir   string   // tmp/<name>
-	lockf *os.File // tmp/<name>.lock, LOCK_EX
-	gcf   *os.File // own description of gc.lock, for shared locks
+	s      *Store
+	name   string
+	dir    string   // tmp/<name>
+	lockf  *os.File // tmp/<name>.lock, LOCK_EX
+	gcf    *os.File // own description of gc.lock, for shared locks
+	lmu    sync.Mutex
+	lcount int // workers inside lockShared
 
 	mu      sync.Mutex
 	fanout  map[string]bool
@@ -135,15 +137,33 @@ func (s *Store) NewStaging(ctx context.Context) (*Staging, error) {
 // Dir returns the staging directory (the image's future reference dir).
 func (st *Staging) Dir() string { return st.dir }
 
+// lockShared takes the shared gc lock for one link operation. flock locks
+// belong to the open file description, which the staging's workers share:
+// a count makes the first of them lock and the last unlock, so that no
+// worker's unlock drops the lock under another one's link.
 func (st *Staging) lockShared() error {
 	if st.s.noGCLock {
 		return nil
 	}
-	return flock(st.gcf, unix.LOCK_SH)
+	st.lmu.Lock()
+	defer st.lmu.Unlock()
+	if st.lcount == 0 {
+		if err := flock(st.gcf, unix.LOCK_SH); err != nil {
+			return err
+		}
+	}
+	st.lcount++
+	return nil
 }
 
 func (st *Staging) unlock() {
-	if !st.s.noGCLock {
+	if st.s.noGCLock {
+		return
+	}
+	st.lmu.Lock()
+	defer st.lmu.Unlock()
+	st.lcount--
+	if st.lcount == 0 {
 		_ = flock(st.gcf, unix.LOCK_UN)
 	}
 }
@@ -446,6 +466,12 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 			return nil
 		}
 		refs[n.Payload] = true
+		if size, ok := st.staged[n.Digest]; ok && n.Payload == n.Digest.ObjectPath() {
+			if uint64(size) != n.Size {
+				return fmt.Errorf("objstore: commit: %s: %w: object %s has %d bytes, tree says %d", n.Path(), ErrSizeMismatch, n.Payload, size, n.Size)
+			}
+			return nil
+		}
 		var sb unix.Stat_t
 		if err := unix.Lstat(filepath.Join(st.dir, n.Payload), &sb); err != nil {
 			return fmt.Errorf("objstore: commit: %s references object %s which is not staged: %w", n.Path(), n.Payload, ErrNotFound)
@@ -469,19 +495,25 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 	}
 	// 2. Barrier: the new objects' content is durable before objects/ or an
 	// image names them.
+	t0 := time.Now()
 	if err := s.syncfs(); err != nil {
 		return d, err
 	}
+	s.log.Debug("commit: syncfs", "objects", len(st.staged), "new", len(st.pending), "elapsed", time.Since(t0))
 	s.crashPoint("commit.synced")
 	// 3. Index the new objects.
+	t0 = time.Now()
 	if err := st.indexPending(); err != nil {
 		return d, err
 	}
+	s.log.Debug("commit: indexed new objects", "elapsed", time.Since(t0))
 	// 4. image.cfs, meta.json, .lock.
+	t0 = time.Now()
 	d, err = st.writeImage(root)
 	if err != nil {
 		return d, err
 	}
+	s.log.Debug("commit: wrote image.cfs", "digest", d, "elapsed", time.Since(t0))
 	s.crashPoint("commit.image-written")
 	if meta.Created.IsZero() {
 		meta.Created = time.Now().UTC()
@@ -499,9 +531,11 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 	}
 	lf.Close()
 	// 5. Second barrier: image.cfs, meta.json and the objects/ links.
+	t0 = time.Now()
 	if err := s.syncfs(); err != nil {
 		return d, err
 	}
+	s.log.Debug("commit: second syncfs", "elapsed", time.Since(t0))
 	s.crashPoint("commit.synced2")
 	// 6. Publish.
 	dst := s.ImageDir(d)
