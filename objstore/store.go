@@ -180,7 +180,11 @@ func (s *Store) initLayout(create bool) error {
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && create:
 		// Subdirectories first, store.json last: its presence marks a
-		// complete initialisation.
+		// complete initialisation. The root is private (0700) even when it
+		// existed before.
+		if err := os.Chmod(s.root, 0o700); err != nil {
+			return fmt.Errorf("objstore: initialising %s: %w", s.root, err)
+		}
 		if err := s.mkdirs(); err != nil {
 			return err
 		}

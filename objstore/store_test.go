@@ -409,6 +409,14 @@ func TestBadRoots(t *testing.T) {
 	if _, err := Open(ctx, filepath.Join(dir, "absent"), Options{}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("absent store without Create: %v", err)
 	}
+	// An existing empty directory becomes a private store.
+	open := filepath.Join(dir, "open")
+	os.Mkdir(open, 0o755)
+	if s, err := Open(ctx, open, Options{Create: true}); err != nil {
+		t.Error(err)
+	} else if st := stat(t, s.Root()); st.Mode&0o777 != 0o700 {
+		t.Errorf("store root mode %o, want 700", st.Mode&0o777)
+	}
 	s := newTestStore(t, Options{})
 	if _, err := Open(ctx, s.Root(), Options{Algorithm: verity.SHA512}); !errors.Is(err, ErrAlgorithm) {
 		t.Errorf("algorithm mismatch: %v", err)
