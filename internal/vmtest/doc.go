@@ -62,5 +62,10 @@
 //
 // RunTest returns the Result without judging it (to test failures), and
 // Run boots any Config.Command, e.g. a busybox shell line or a static
-// binary passed in Config.Files.
+// binary built with BuildBinary and passed in Config.Files. The guest test
+// runs in /tmp, not in its package directory: testdata it needs goes in
+// through Files or a Disk filled From a host directory.
+//
+// TWINROOT_VMTEST_CONSOLE=1 streams the guest console to stderr while it
+// runs.
 package vmtest

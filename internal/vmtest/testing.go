@@ -2,6 +2,9 @@ package vmtest
 
 import (
 	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +18,9 @@ const guestBinary = "/vmtest/test.bin"
 // status is returned, not judged.
 func Run(t testing.TB, cfg Config) Result {
 	t.Helper()
+	if cfg.Log == nil && os.Getenv(EnvConsole) == "1" {
+		cfg.Log = os.Stderr
+	}
 	res, err := RunContext(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("%v\n--- guest console:\n%s", err, res.Output)
@@ -91,4 +97,22 @@ func verdict(res Result, name string) guestVerdict {
 		return guestSkipped
 	}
 	return guestFailed
+}
+
+// BuildBinary builds the Go main package pkg (an import path, or a path
+// relative to the test's package directory such as "./testdata/cmd") as a
+// static binary for the guest (CGO_ENABLED=0) and returns its path in a
+// temporary directory. Pass it to the guest with Config.Files.
+func BuildBinary(t testing.TB, pkg string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), path.Base(pkg))
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-trimpath", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("vmtest: go build %s: %v\n%s", pkg, err, b)
+	}
+	if err := checkStatic(out); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -28,6 +28,9 @@ const (
 	EnvPrepare = "TWINROOT_VMTEST_PREPARE"
 	// EnvAccel selects the QEMU accelerator: "tcg" (the default) or "kvm".
 	EnvAccel = "TWINROOT_VMTEST_ACCEL"
+	// EnvConsole set to "1" makes Run copy the guest console to stderr as
+	// it arrives (when Config.Log is nil), to watch a slow or hung guest.
+	EnvConsole = "TWINROOT_VMTEST_CONSOLE"
 )
 
 // Defaults for the zero fields of Config and Disk.

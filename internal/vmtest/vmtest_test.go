@@ -183,8 +183,10 @@ func TestBootShell(t *testing.T) {
 	if out, err := exec.Command("mkfs.erofs", "--quiet", img, tree).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.erofs: %v\n%s", err, out)
 	}
+	hello := BuildBinary(t, "./testdata/hello")
 	res := Run(t, Config{
 		Command: []string{"/bin/sh", "-c", `
+			/opt/hello a 'b c'; echo "hello-status=$?"
 			cat /proc/filesystems
 			grep ' /mnt/disk' /proc/mounts
 			cat /data/sub/payload
@@ -194,7 +196,7 @@ func TestBootShell(t *testing.T) {
 			echo "cmdline=$(cat /proc/cmdline)"
 			exit 7`},
 		Env:        []string{"VMTEST_X=it's set"},
-		Files:      []File{{Host: host, Guest: "/data/sub/payload"}},
+		Files:      []File{{Host: host, Guest: "/data/sub/payload"}, {Host: hello, Guest: "/opt/hello"}},
 		Disks:      []Disk{{Size: 32 << 20, Verity: true}, {From: tree}, {Image: img, FSType: "erofs", ReadOnly: true}},
 		KernelArgs: []string{"vmtest.selftest=1"},
 	})
@@ -209,6 +211,8 @@ func TestBootShell(t *testing.T) {
 		regexp.MustCompile(`(?m)^/dev/vdb /mnt/disk1 ext4 rw`),
 		regexp.MustCompile(`(?m)^/dev/vdc /mnt/disk2 erofs ro`),
 		regexp.MustCompile(`(?m)^payload-contents$`),
+		regexp.MustCompile(`(?m)^hello from 1, args \["a" "b c"\]$`),
+		regexp.MustCompile(`(?m)^hello-status=3$`),
 		regexp.MustCompile(`(?m)^from-tree$`),
 		regexp.MustCompile(`(?m)^erofs:from-tree$`),
 		regexp.MustCompile(`(?m)^cmdline=.* vmtest\.selftest=1$`),
