@@ -100,7 +100,7 @@ func makeRichTree(t testing.TB, dir string, spec treeSpec) {
 	must(unix.Mknod(filepath.Join(dir, "dev/loopX"), unix.S_IFBLK|0o660, int(unix.Mkdev(7, 200))))
 	must(unix.Mkfifo(filepath.Join(dir, "dev/fifo"), 0o644))
 	// A real socket: bound at a short path, then moved into the tree.
-	short, err := os.MkdirTemp("", "sk")
+	short, err := os.MkdirTemp(filepath.Dir(dir), "sk") // same file system, short path
 	must(err)
 	defer os.RemoveAll(short)
 	l, err := net.Listen("unix", filepath.Join(short, "s"))
