@@ -330,24 +330,28 @@ func rdParseXattrEntry(b []byte) (name string, value []byte, n int, err error) {
 }
 
 // xattrs returns the inode's extended attributes as stored: the inline
-// ones, then the shared ones (the order composefs-info dump prints).
-func (img *Image) xattrs(ri *rdRawInode) ([]Xattr, error) {
+// ones, then the shared ones (the order composefs-info dump prints), and
+// how many bytes of names and values it decoded anew. Shared entries are
+// decoded once per cache: their Values are shared between nodes.
+func (img *Image) xattrs(ri *rdRawInode, cache map[int64]Xattr) ([]Xattr, int64, error) {
 	body := ri.xattrBody
 	if len(body) == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
 	shared := int(body[4])
 	if rdXattrHeaderSize+4*shared > len(body) {
-		return nil, fmt.Errorf("%w: nid %d: %d shared xattrs do not fit the xattr area", ErrCorrupt, ri.nid, shared)
+		return nil, 0, fmt.Errorf("%w: nid %d: %d shared xattrs do not fit the xattr area", ErrCorrupt, ri.nid, shared)
 	}
 	var out []Xattr
+	var cost int64
 	rest := body[rdXattrHeaderSize+4*shared:]
 	for len(rest) >= rdXattrEntrySize {
 		name, value, n, err := rdParseXattrEntry(rest)
 		if err != nil {
-			return nil, fmt.Errorf("%w: nid %d: inline xattr: %v", ErrCorrupt, ri.nid, err)
+			return nil, 0, fmt.Errorf("%w: nid %d: inline xattr: %v", ErrCorrupt, ri.nid, err)
 		}
 		out = append(out, Xattr{Name: name, Value: value})
+		cost += int64(len(name) + len(value))
 		if n >= len(rest) {
 			break
 		}
@@ -356,21 +360,27 @@ func (img *Image) xattrs(ri *rdRawInode) ([]Xattr, error) {
 	for i := 0; i < shared; i++ {
 		idx := binary.LittleEndian.Uint32(body[rdXattrHeaderSize+4*i:])
 		off := img.xattrStart + int64(idx)*4
+		if x, ok := cache[off]; ok {
+			out = append(out, x)
+			continue
+		}
 		h, err := img.read(off, rdXattrEntrySize, fmt.Sprintf("shared xattr of nid %d", ri.nid))
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		b, err := img.read(off, rdXattrEntrySize+int(h[0])+int(binary.LittleEndian.Uint16(h[2:])), fmt.Sprintf("shared xattr of nid %d", ri.nid))
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		name, value, _, err := rdParseXattrEntry(b)
 		if err != nil {
-			return nil, fmt.Errorf("%w: nid %d: shared xattr at offset %d: %v", ErrCorrupt, ri.nid, off, err)
+			return nil, 0, fmt.Errorf("%w: nid %d: shared xattr at offset %d: %v", ErrCorrupt, ri.nid, off, err)
 		}
+		cache[off] = Xattr{Name: name, Value: value}
+		cost += int64(len(name) + len(value))
 		out = append(out, Xattr{Name: name, Value: value})
 	}
-	return out, nil
+	return out, cost, nil
 }
 
 // rdDirent is one decoded directory entry.
@@ -479,6 +489,32 @@ type rdTreeBuilder struct {
 	ino   map[*Node]uint32  // node read from an inode -> its i_ino
 	links map[*Node][]*Node // node -> hardlink entries naming it
 	ents  map[*Node][]*Node // directory -> its entries in dirent order, nil for skipped whiteouts
+
+	// budget is what is left of the bytes the tree may take: a hostile
+	// image can point many inodes at the same directory blocks, contents
+	// or shared xattrs, so what is decoded is charged here, and dirBytes
+	// (directory data read, which a sound image never reuses) may not
+	// exceed the image size.
+	budget   int64
+	dirBytes int64
+	shared   map[int64]Xattr // shared xattr table entries decoded so far, by offset
+}
+
+// Bytes charged per node, and the expansion an image may have: decoded
+// trees are at most rdExpansion times the image size plus rdBudgetSlack.
+const (
+	rdNodeCost    = 160
+	rdExpansion   = 32
+	rdBudgetSlack = 64 << 20
+)
+
+// charge takes n bytes from the budget.
+func (tb *rdTreeBuilder) charge(n int64, nid uint64) error {
+	tb.budget -= n
+	if tb.budget < 0 {
+		return fmt.Errorf("%w: nid %d: the tree would take more than %d bytes (%dx the image size)", ErrCorrupt, nid, rdExpansion*tb.img.size+rdBudgetSlack, rdExpansion)
+	}
+	return nil
 }
 
 // TreeOptions tune Image.ReadTree.
@@ -505,10 +541,14 @@ func (img *Image) Tree() (*Node, error) { return img.ReadTree(TreeOptions{}) }
 // 0/0 in the image) are dropped. Xattrs keep the image's order (inline,
 // then shared). A directory reached twice (a cycle or a directory
 // hardlink) is an error; other inodes reached again become hardlink
-// entries (Link); see TreeOptions for which name is the primary.
+// entries (Link); see TreeOptions for which name is the primary. The
+// Values of xattrs from the image's shared table are shared between the
+// nodes carrying them: treat them as read-only. What the tree may take is
+// bounded by a multiple of the image size, whatever the image says.
 func (img *Image) ReadTree(opts TreeOptions) (*Node, error) {
 	tb := &rdTreeBuilder{img: img, seen: make(map[uint64]*Node), ino: make(map[*Node]uint32),
-		links: make(map[*Node][]*Node), ents: make(map[*Node][]*Node)}
+		links: make(map[*Node][]*Node), ents: make(map[*Node][]*Node),
+		budget: rdExpansion*img.size + rdBudgetSlack, shared: make(map[int64]Xattr)}
 	root, skip, err := tb.node(img.rootNid, "", 0)
 	if err != nil {
 		return nil, err
@@ -587,6 +627,9 @@ func (tb *rdTreeBuilder) node(nid uint64, name string, depth int) (n *Node, skip
 		if prev.IsDir() {
 			return nil, false, fmt.Errorf("%w: nid %d: directory %s is reached a second time at %q (cycle or directory hardlink)", ErrCorrupt, nid, prev.Path(), name)
 		}
+		if err := tb.charge(rdNodeCost+int64(len(name)), nid); err != nil {
+			return nil, false, err
+		}
 		l := &Node{Name: name, Link: prev}
 		tb.links[prev] = append(tb.links[prev], l)
 		return l, false, nil
@@ -604,6 +647,9 @@ func (tb *rdTreeBuilder) node(nid uint64, name string, depth int) (n *Node, skip
 			return nil, false, fmt.Errorf("%w: nid %d: whiteout with %d links", ErrCorrupt, nid, ri.nlink)
 		}
 		return nil, true, nil
+	}
+	if err := tb.charge(rdNodeCost+int64(len(name))+int64(ri.xsize), nid); err != nil {
+		return nil, false, err
 	}
 	n = &Node{Name: name, Inode: Inode{
 		Mode: ri.mode, Nlink: ri.nlink, UID: ri.uid, GID: ri.gid, Mtime: ri.mtime,
@@ -636,8 +682,11 @@ func (tb *rdTreeBuilder) node(nid uint64, name string, depth int) (n *Node, skip
 			n.Content = c
 		}
 	}
-	xs, err := tb.img.xattrs(ri)
+	xs, cost, err := tb.img.xattrs(ri, tb.shared)
 	if err != nil {
+		return nil, false, err
+	}
+	if err := tb.charge(cost+int64(len(n.Content))+int64(len(xs))*48, nid); err != nil {
 		return nil, false, err
 	}
 	if err := n.setImageXattrs(xs); err != nil {
@@ -654,6 +703,10 @@ func (tb *rdTreeBuilder) node(nid uint64, name string, depth int) (n *Node, skip
 
 // readDir adds the children of directory n (inode ri).
 func (tb *rdTreeBuilder) readDir(n *Node, ri *rdRawInode, depth int) error {
+	tb.dirBytes += int64(min(ri.size, uint64(tb.img.size)+1))
+	if tb.dirBytes > tb.img.size {
+		return fmt.Errorf("%w: nid %d: directories hold more data than the image (shared directory blocks)", ErrCorrupt, ri.nid)
+	}
 	ents, err := tb.img.dirents(ri)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -242,5 +243,85 @@ func TestReaderCorrupt(t *testing.T) {
 			}
 			t.Log(err)
 		})
+	}
+}
+
+// TestReaderHostileDirents patches directory entries of a small image:
+// a subdirectory entry pointing back at the root (a cycle), two entries
+// naming one directory, and an entry pointing outside the image must all
+// fail with ErrCorrupt.
+func TestReaderHostileDirents(t *testing.T) {
+	const dump = "/ 0 40755 2 0 0 0 0.0 - - -\n" +
+		"/a 0 40755 2 0 0 0 0.0 - - -\n" +
+		"/b 0 40755 2 0 0 0 0.0 - - -\n" +
+		"/f 5 100644 1 0 0 0 0.0 - hello -\n"
+	src, err := ParseDump(strings.NewReader(dump), ParseOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := Write(&buf, src, WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	base := buf.Bytes()
+	img, err := Open(bytes.NewReader(base), int64(len(base)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ri, err := img.inode(img.rootNid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The root (with its 256 whiteout stubs) fits one directory block.
+	start := ri.tailOff()
+	if ri.layout == rdLayoutFlatPlain && ri.size <= rdBlockSize {
+		start = int64(ri.iu) * rdBlockSize
+	} else if ri.layout != rdLayoutFlatInline {
+		t.Fatalf("root directory layout %d, size %d", ri.layout, ri.size)
+	}
+	ents, err := img.dirents(ri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nidOff := func(name string) (int64, uint64) {
+		for i, e := range ents {
+			if e.name == name {
+				return start + int64(i)*rdDirentSize, e.nid
+			}
+		}
+		t.Fatalf("no entry %q", name)
+		return 0, 0
+	}
+	aOff, aNid := nidOff("a")
+	bOff, _ := nidOff("b")
+	fOff, _ := nidOff("f")
+	put := func(b []byte, off int64, nid uint64) []byte {
+		binary.LittleEndian.PutUint64(b[off:], nid)
+		return b
+	}
+	tests := []struct {
+		name string
+		data []byte
+	}{
+		{"cycle", put(append([]byte(nil), base...), aOff, img.rootNid)},
+		{"directory named twice", put(append([]byte(nil), base...), bOff, aNid)},
+		{"nid outside the image", put(append([]byte(nil), base...), fOff, 1<<40)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			img, err := Open(bytes.NewReader(tc.data), int64(len(tc.data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = img.Tree()
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("got %v, want ErrCorrupt", err)
+			}
+			t.Log(err)
+		})
+	}
+	// Unpatched, it reads.
+	if _, err := img.Tree(); err != nil {
+		t.Fatal(err)
 	}
 }
