@@ -23,10 +23,18 @@ STORE=$BENCH_DIR/store
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6f\", $* }"; }
 elapsed() { calc "$2 - $1"; }
-written_bytes() { # bytes the filesystem holding $1 has written since boot
-	local dev
-	dev=$(basename "$(df --output=source "$1" | tail -1)")
-	awk -v d="$dev" '$3 == d { printf "%.0f\n", $10 * 512 }' /proc/diskstats
+store_bytes() { # bytes allocated by the store (hardlinks counted once)
+	du -s --block-size=1 "$STORE" | cut -f1
+}
+# timed OUTVAR CMD...: runs CMD with stdout to $BENCH_DIR/out, sets OUTVAR
+# to the wall time and CPU_OUTVAR to user+sys seconds.
+timed() {
+	local var=$1
+	shift
+	/usr/bin/time -f "%e %U %S" -o "$BENCH_DIR/time" "$@" >"$BENCH_DIR/out"
+	read -r wall user sys <"$BENCH_DIR/time"
+	printf -v "$var" '%s' "$wall"
+	printf -v "CPU_$var" '%s' "$(calc "$user + $sys")"
 }
 
 # gen_tree DIR NFILES TOTAL_BYTES SEED: 80 % small files (1-16 KiB), 20 %
@@ -73,14 +81,10 @@ sync
 
 echo "== import 1"
 "$UPDATECTL" --store "$STORE" store init >/dev/null
-w0=$(written_bytes "$BENCH_DIR")
-t0=$(now)
-D1=$("$UPDATECTL" --store "$STORE" store import "$TREE" | tail -1)
-t1=$(now)
-sync
-w1=$(written_bytes "$BENCH_DIR")
-IMP1=$(elapsed "$t0" "$t1")
-W1=$((w1 - w0))
+w0=$(store_bytes)
+timed IMP1 "$UPDATECTL" --store "$STORE" store import "$TREE"
+D1=$(tail -1 "$BENCH_DIR/out")
+W1=$(($(store_bytes) - w0))
 
 echo "== import 2 (5 % of the files changed)"
 n=0
@@ -89,14 +93,10 @@ for f in $(find "$TREE" -type f | sort | awk 'NR % 20 == 0'); do
 	n=$((n + 1))
 done
 sync
-w0=$(written_bytes "$BENCH_DIR")
-t0=$(now)
-D2=$("$UPDATECTL" --store "$STORE" store import "$TREE" | tail -1)
-t1=$(now)
-sync
-w1=$(written_bytes "$BENCH_DIR")
-IMP2=$(elapsed "$t0" "$t1")
-W2=$((w1 - w0))
+w0=$(store_bytes)
+timed IMP2 "$UPDATECTL" --store "$STORE" store import "$TREE"
+D2=$(tail -1 "$BENCH_DIR/out")
+W2=$(($(store_bytes) - w0))
 [ "$D1" != "$D2" ] || { echo "second image has the same digest" >&2; exit 1; }
 
 echo "== removal + gc of a $GC_FILES-object image"
@@ -112,25 +112,23 @@ perl -e '
 		close $w;
 	}' "$BENCH_DIR/many" "$GC_FILES"
 D3=$("$UPDATECTL" --store "$STORE" store import "$BENCH_DIR/many" | tail -1)
-t0=$(now)
-"$UPDATECTL" --store "$STORE" store rm "$D3"
-t1=$(now)
-"$UPDATECTL" --store "$STORE" store gc >/dev/null
-t2=$(now)
-RM=$(elapsed "$t0" "$t1")
-GC=$(elapsed "$t1" "$t2")
+sync
+timed RM "$UPDATECTL" --store "$STORE" store rm "$D3"
+timed GC "$UPDATECTL" --store "$STORE" store gc
 "$UPDATECTL" --store "$STORE" store fsck >/dev/null
 
 printf '\n%-46s %s\n' "metric" "value"
 printf '%-46s %d files, %.1f MB\n' "tree" "$FILES" "$(calc "$TREE_BYTES / 1000000")"
 printf '%-46s %.2f s\n' "cp -a" "$CP"
 printf '%-46s %.2f s\n' "cp -a + sync" "$CPSYNC"
-printf '%-46s %.2f s (%.0f objects/s, %.1f MB/s)\n' "store import (durable)" "$IMP1" \
+printf '%-46s %.2f s, CPU %.2f s (%.0f objects/s, %.1f MB/s)\n' "store import (durable)" "$IMP1" "$CPU_IMP1" \
 	"$(calc "$FILES / $IMP1")" "$(calc "$TREE_BYTES / 1000000 / $IMP1")"
 printf '%-46s %.2f x cp -a, %.2f x cp -a + sync\n' "import / baseline" \
 	"$(calc "$IMP1 / $CP")" "$(calc "$IMP1 / $CPSYNC")"
-printf '%-46s %.1f MB\n' "bytes written, import 1" "$(calc "$W1 / 1000000")"
-printf '%-46s %.2f s (%.1f %% of import 1)\n' "import 2 ($n files changed)" "$IMP2" "$(calc "100 * $IMP2 / $IMP1")"
-printf '%-46s %.1f MB (%.1f %% of import 1)\n' "bytes written, import 2" "$(calc "$W2 / 1000000")" "$(calc "100 * $W2 / $W1")"
-printf '%-46s %.2f s\n' "store rm ($GC_FILES objects)" "$RM"
+printf '%-46s %.1f MB\n' "store growth, import 1" "$(calc "$W1 / 1000000")"
+printf '%-46s %.2f s (%.1f %%), CPU %.2f s (%.1f %% of import 1)\n' "import 2 ($n files changed)" "$IMP2" \
+	"$(calc "100 * $IMP2 / $IMP1")" "$CPU_IMP2" "$(calc "100 * $CPU_IMP2 / $CPU_IMP1")"
+printf '%-46s %.1f MB (%.1f %% of import 1)\n' "store growth, import 2" "$(calc "$W2 / 1000000")" "$(calc "100 * $W2 / $W1")"
+printf '%-46s %.2f s, CPU %.2f s\n' "store rm ($GC_FILES objects)" "$RM" "$CPU_RM"
 printf '%-46s %.2f s\n' "store gc after it" "$GC"
+printf '%-46s %s\n' "load average at the end" "$(cut -d" " -f1-3 /proc/loadavg)"

@@ -83,11 +83,11 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	oldCache := loadImportCache(cachePath)
 	var cmu sync.Mutex
 	newCache := map[string]string{}
-	w := &treeWalker{links: map[inodeKey]*erofs.Node{}}
-	w.file = func(n *erofs.Node, path string, sb *unix.Stat_t) {
+	w := &treeWalker{g: g, ctx: gctx, multi: map[inodeKey][]*erofs.Node{}}
+	w.file = func(n *erofs.Node, path string, sb *unix.Stat_t) error {
 		files.Add(1)
 		key := importKey(sb)
-		g.Go(func() error {
+		return w.spawn(func() error {
 			d, new, err := s.importFile(gctx, st, path, int64(n.Size), oldCache[key])
 			if err != nil {
 				return err
@@ -108,14 +108,16 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 			return nil
 		})
 	}
-	root, werr := w.build(gctx, abs)
-	s.log.Debug("import: tree walked", "files", files.Load(), "elapsed", time.Since(start))
+	var root *erofs.Node
+	g.Go(func() error {
+		var err error
+		root, err = w.build(abs)
+		return err
+	})
 	if err := g.Wait(); err != nil {
 		return res, err
 	}
-	if werr != nil {
-		return res, werr
-	}
+	w.fixHardlinks(root)
 	s.log.Debug("import: files ingested", "files", files.Load(), "new", added.Load(), "elapsed", time.Since(start))
 	meta := opts.Meta
 	if meta.Source == "" {
@@ -187,13 +189,28 @@ func loadImportCache(path string) map[string]string {
 	return m
 }
 
-// treeWalker builds an erofs tree from a directory.
+// treeWalker builds an erofs tree from a directory. Directories are read
+// by tasks of the import's errgroup (run inline when no slot is free, so
+// that a task never waits for a slot while holding one), each adding only
+// its own directory's children.
 type treeWalker struct {
-	links map[inodeKey]*erofs.Node
-	file  func(n *erofs.Node, path string, sb *unix.Stat_t) // a regular file to store as an object
+	g    *errgroup.Group
+	ctx  context.Context
+	file func(n *erofs.Node, path string, sb *unix.Stat_t) error // a regular file to store as an object
+
+	mu    sync.Mutex
+	multi map[inodeKey][]*erofs.Node // non-directories with several names
 }
 
-func (w *treeWalker) build(ctx context.Context, dir string) (*erofs.Node, error) {
+// spawn runs f as a task, or inline when every slot is taken.
+func (w *treeWalker) spawn(f func() error) error {
+	if w.g.TryGo(f) {
+		return nil
+	}
+	return f()
+}
+
+func (w *treeWalker) build(dir string) (*erofs.Node, error) {
 	var sb unix.Stat_t
 	if err := unix.Lstat(dir, &sb); err != nil {
 		return nil, fmt.Errorf("objstore: import: %s: %w", dir, err)
@@ -202,14 +219,11 @@ func (w *treeWalker) build(ctx context.Context, dir string) (*erofs.Node, error)
 	if err := w.fill(root, dir, &sb); err != nil {
 		return nil, err
 	}
-	if err := w.dir(ctx, root, dir); err != nil {
-		return nil, err
-	}
-	return root, nil
+	return root, w.dir(root, dir)
 }
 
-func (w *treeWalker) dir(ctx context.Context, parent *erofs.Node, dir string) error {
-	if err := ctx.Err(); err != nil {
+func (w *treeWalker) dir(parent *erofs.Node, dir string) error {
+	if err := w.ctx.Err(); err != nil {
 		return err
 	}
 	names, err := readNames(dir)
@@ -224,29 +238,14 @@ func (w *treeWalker) dir(ctx context.Context, parent *erofs.Node, dir string) er
 			return fmt.Errorf("objstore: import: %s: %w", p, err)
 		}
 		n := &erofs.Node{Name: name}
-		key := inodeKey{sb.Dev, sb.Ino}
-		if sb.Mode&unix.S_IFMT != unix.S_IFDIR && sb.Nlink > 1 {
-			if prim := w.links[key]; prim != nil {
-				n.Link = prim
-				prim.Nlink++
-				if err := parent.AddChild(n); err != nil {
-					return fmt.Errorf("objstore: import: %s: %w", p, err)
-				}
-				continue
-			}
+		if err := parent.AddChild(n); err != nil {
+			return fmt.Errorf("objstore: import: %s: %w", p, err)
 		}
 		if err := w.fill(n, p, &sb); err != nil {
 			return err
 		}
-		if err := parent.AddChild(n); err != nil {
-			return fmt.Errorf("objstore: import: %s: %w", p, err)
-		}
-		if sb.Mode&unix.S_IFMT != unix.S_IFDIR && sb.Nlink > 1 {
-			n.Nlink = 1
-			w.links[key] = n
-		}
 		if n.IsDir() {
-			if err := w.dir(ctx, n, p); err != nil {
+			if err := w.spawn(func() error { return w.dir(n, p) }); err != nil {
 				return err
 			}
 		}
@@ -254,9 +253,54 @@ func (w *treeWalker) dir(ctx context.Context, parent *erofs.Node, dir string) er
 	return nil
 }
 
+// fixHardlinks makes, for each inode with several names, the first name
+// in sorted depth-first order the primary (whatever task stored its
+// content) and the others Link entries to it, so that the image does not
+// depend on the order the tasks ran in.
+func (w *treeWalker) fixHardlinks(root *erofs.Node) {
+	if len(w.multi) == 0 {
+		return
+	}
+	keyOf := map[*erofs.Node]inodeKey{}
+	for k, nodes := range w.multi {
+		for _, n := range nodes {
+			keyOf[n] = k
+		}
+	}
+	primary := map[inodeKey]*erofs.Node{}
+	_ = root.Walk(func(n *erofs.Node) error {
+		k, ok := keyOf[n]
+		if !ok {
+			return nil
+		}
+		if p := primary[k]; p != nil {
+			n.Inode = erofs.Inode{}
+			n.Link = p
+			return nil
+		}
+		primary[k] = n
+		// The content (digest and payload) is on whichever name was stored.
+		for _, o := range w.multi[k] {
+			if o.Payload != "" {
+				n.Payload, n.Digest = o.Payload, o.Digest
+			}
+		}
+		n.Nlink = uint32(len(w.multi[k]))
+		return nil
+	})
+}
+
 // fill sets a node's inode from lstat data, reading symlink targets,
 // xattrs and small file contents, and handing larger files to w.file.
 func (w *treeWalker) fill(n *erofs.Node, p string, sb *unix.Stat_t) error {
+	dup := false
+	if sb.Mode&unix.S_IFMT != unix.S_IFDIR && sb.Nlink > 1 {
+		key := inodeKey{sb.Dev, sb.Ino}
+		w.mu.Lock()
+		dup = w.multi[key] != nil
+		w.multi[key] = append(w.multi[key], n)
+		w.mu.Unlock()
+	}
 	n.Mode = sb.Mode
 	n.Nlink = 1
 	n.UID, n.GID = sb.Uid, sb.Gid
@@ -292,7 +336,10 @@ func (w *treeWalker) fill(n *erofs.Node, p string, sb *unix.Stat_t) error {
 			}
 			n.Content = b
 		default:
-			w.file(n, p, sb)
+			if dup {
+				return nil // the content is stored once, for the first name found
+			}
+			return w.file(n, p, sb)
 		}
 	}
 	return nil

@@ -555,3 +555,44 @@ func TestImportCache(t *testing.T) {
 	}
 	mustFsckClean(t, s)
 }
+
+// ImportDir builds the same tree as erofs.FromDir (the mkcomposefs
+// semantics), whatever order its parallel walk ran in: the image digests
+// are equal, for a tree with hardlinks, symlinks, xattrs, a FIFO, inline,
+// empty and external files.
+func TestImportMatchesFromDir(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	files := map[string][]byte{"a/big": content(1, 70000), "a/small": []byte("small"), "b/empty": nil, "c/d/e/f": content(2, 100)}
+	for i := range 40 {
+		files[fmt.Sprintf("many/f%02d", i)] = content(uint64(10+i%7), 200+i)
+	}
+	writeTree(t, src, files)
+	for _, l := range [][2]string{{"a/big", "hl-big"}, {"a/big", "c/hl-big2"}, {"a/small", "b/hl-small"}} {
+		if err := os.Link(filepath.Join(src, l[0]), filepath.Join(src, l[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Symlink("a/big", filepath.Join(src, "sym"))
+	unix.Mkfifo(filepath.Join(src, "fifo"), 0o600)
+	if err := unix.Lsetxattr(filepath.Join(src, "a", "big"), "user.twinroot", []byte("v"), 0); err != nil {
+		t.Logf("no user xattrs here: %v", err)
+	}
+	tree, err := erofs.FromDir(ctx, src, erofs.FromDirOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := verity.New(verity.SHA256)
+	if err := erofs.Write(h, tree, erofs.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := h.Sum()
+	for i := range 3 {
+		s := newTestStore(t, Options{})
+		res := importDir(t, s, src)
+		if res.Digest != want {
+			t.Fatalf("run %d: ImportDir digest %s, FromDir+Write %s", i, res.Digest, want)
+		}
+		mustFsckClean(t, s)
+	}
+}
