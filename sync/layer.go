@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
@@ -83,24 +84,25 @@ func decompress(r io.Reader, lim Limits) (io.Reader, func(), error) {
 // regular-file content already stored through objs. Entries are only
 // returned when every check passed; the whole blob is read to EOF.
 func unpackLayer(ctx context.Context, r io.Reader, desc v1.Descriptor, diffID v1.Hash, objs ObjectAdder, lim Limits, progress func(bytes int64, st layerStats)) ([]entry, layerStats, error) {
-	var bytesRead int64
-	var last layerStats
+	var bytesRead atomic.Int64 // written by the producer goroutine
 	cr := &digestReader{r: r, h: sha256.New(), max: desc.Size,
 		tooBig: fmt.Errorf("%w: blob %s is larger than its descriptor's %d bytes", ErrDigestMismatch, desc.Digest, desc.Size)}
 	if progress != nil {
-		cr.onRead = func(n int64) { bytesRead = n; progress(n, last) }
+		cr.onRead = bytesRead.Store
 	}
 	zr, closeZ, err := decompress(cr, lim)
 	if err != nil {
 		return nil, layerStats{}, fmt.Errorf("layer %s: %w", desc.Digest, err)
 	}
-	defer closeZ()
 	ur := &digestReader{r: zr, h: sha256.New(), max: lim.MaxLayerSize,
 		tooBig: fmt.Errorf("%w: layer %s unpacks to more than %d bytes", ErrLimit, desc.Digest, lim.MaxLayerSize)}
-	entries, st, err := readLayer(ctx, ur, objs, lim, func(s layerStats) {
-		last = s
+	// Network, both digests and decompression on one core; tar, object
+	// digests and writes on the other.
+	ar := newAsyncReader(ur, 256<<10, 4, closeZ)
+	defer ar.Close()
+	entries, st, err := readLayer(ctx, ar, objs, lim, func(s layerStats) {
 		if progress != nil {
-			progress(bytesRead, s)
+			progress(bytesRead.Load(), s)
 		}
 	})
 	// blame turns a content error into a digest mismatch when the blob
@@ -109,6 +111,11 @@ func unpackLayer(ctx context.Context, r io.Reader, desc v1.Descriptor, diffID v1
 	blame := func(err error) error {
 		var ne *netError
 		if errors.As(err, &ne) || ctx.Err() != nil {
+			return fmt.Errorf("layer %s: %w", desc.Digest, err)
+		}
+		// Finish the producer (it stops at its first error) before
+		// reading the compressed stream here.
+		if _, aerr := io.Copy(io.Discard, ar); errors.As(aerr, &ne) {
 			return fmt.Errorf("layer %s: %w", desc.Digest, err)
 		}
 		if _, cerr := io.Copy(io.Discard, cr); cerr == nil && (cr.n != desc.Size || cr.sum() != desc.Digest) {
@@ -121,7 +128,7 @@ func unpackLayer(ctx context.Context, r io.Reader, desc v1.Descriptor, diffID v1
 	}
 	// The tar reader stops at the end-of-archive blocks: read the rest of
 	// both streams so that both digests cover everything.
-	if _, err := io.Copy(io.Discard, ur); err != nil {
+	if _, err := io.Copy(io.Discard, ar); err != nil {
 		return nil, st, blame(fmt.Errorf("%w: %w", ErrBadLayer, unexpected(err)))
 	}
 	if _, err := io.Copy(io.Discard, cr); err != nil {
@@ -137,4 +144,102 @@ func unpackLayer(ctx context.Context, r io.Reader, desc v1.Descriptor, diffID v1
 		return nil, st, fmt.Errorf("%w: layer %s unpacks to %s, the config's diff_id is %s", ErrDigestMismatch, desc.Digest, got, diffID)
 	}
 	return entries, st, nil
+}
+
+// asyncReader reads r in its own goroutine into a few buffers, so that the
+// producer (network, digests, decompression) and the consumer (tar parsing,
+// object hashing and writing) run on different cores. Memory is bounded by
+// n buffers of size bytes. Once Read has returned an error (io.EOF
+// included) the goroutine has finished, and whatever r wraps may be used
+// again; onExit runs when the goroutine ends.
+type asyncReader struct {
+	full  chan []byte
+	free  chan []byte
+	done  chan struct{}
+	errCh chan error
+	orig  []byte
+	cur   []byte
+	err   error
+}
+
+func newAsyncReader(r io.Reader, size, n int, onExit func()) *asyncReader {
+	a := &asyncReader{full: make(chan []byte, n), free: make(chan []byte, n), done: make(chan struct{}), errCh: make(chan error, 1)}
+	for range n {
+		a.free <- make([]byte, size)
+	}
+	go func() {
+		defer onExit()
+		defer close(a.full)
+		for {
+			var buf []byte
+			select {
+			case buf = <-a.free:
+			case <-a.done:
+				a.errCh <- errClosed
+				return
+			}
+			m, err := fill(r, buf)
+			if m > 0 {
+				select {
+				case a.full <- buf[:m]:
+				case <-a.done:
+					a.errCh <- errClosed
+					return
+				}
+			}
+			if err != nil {
+				a.errCh <- err
+				return
+			}
+		}
+	}()
+	return a
+}
+
+var errClosed = errors.New("reader closed")
+
+// fill reads into buf until it is full or r fails, returning r's error
+// unchanged (unlike io.ReadFull, which turns an early io.EOF into
+// io.ErrUnexpectedEOF and so hides a decompressor's own).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (a *asyncReader) Read(p []byte) (int, error) {
+	if len(a.cur) == 0 {
+		if a.orig != nil {
+			a.free <- a.orig
+			a.orig = nil
+		}
+		if a.err != nil {
+			return 0, a.err
+		}
+		buf, ok := <-a.full
+		if !ok {
+			a.err = <-a.errCh
+			return 0, a.err
+		}
+		a.orig, a.cur = buf[:cap(buf)], buf
+	}
+	n := copy(p, a.cur)
+	a.cur = a.cur[n:]
+	return n, nil
+}
+
+// Close stops the goroutine; it may stay blocked in r.Read until that
+// returns (the caller closes the network body).
+func (a *asyncReader) Close() {
+	select {
+	case <-a.done:
+	default:
+		close(a.done)
+	}
 }

@@ -228,6 +228,9 @@ func (o *options) fetchLayer(ctx context.Context, img *image, i int, desc v1.Des
 					Files: s.Entries, New: s.ObjectsNew, Reused: s.ObjectsReused})
 			}
 		})
+		if err == nil {
+			n = desc.Size
+		}
 		res.BytesFetched += n
 		return err
 	})
