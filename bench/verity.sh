@@ -17,11 +17,11 @@
 # cores free), single-core throughput >= 90 % of crypto/sha256, peak RSS
 # <= 32 MiB. The ratios are printed; the script fails only on wrong
 # digests, since timings on a shared machine are not a test.
-# Environment: BIN (default bin/updatectl), RUNS (hyperfine runs, default 10).
+# Environment: BIN (default bin/updatectl), RUNS (runs and pairs per case, default 7).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${BIN:-bin/updatectl}")
-RUNS=${RUNS:-10}
+RUNS=${RUNS:-7}
 [ -x "$BIN" ] || { echo "verity.sh: $BIN missing (make build)" >&2; exit 1; }
 for t in hyperfine fsverity /usr/bin/time go; do
 	command -v "$t" >/dev/null || { echo "verity.sh: $t missing (make deps)" >&2; exit 1; }
@@ -45,16 +45,20 @@ cmp <(fsverity digest --hash-alg=sha512 "$TMP/big") <("$BIN" verity digest --has
 (cd "$TMP/many" && cmp <(xargs -a ../list fsverity digest) <(xargs -a ../list "$BIN" verity digest))
 echo "digests equal"
 
-hf() { hyperfine --style basic --warmup 1 --runs "$RUNS" -N --export-json "$@" >/dev/null; }
+# hyperfine runs all of A, then all of B; "pairs" alternates A and B, which
+# cancels most of the drift in load that other processes cause.
+hf() { hyperfine --style basic --warmup 1 --runs "$RUNS" -N --export-json "$@" >/dev/null 2>&1; }
 
 echo
 echo "1. one 1 GiB file (sha256): fsverity vs updatectl"
 hf "$TMP/big.json" "fsverity digest $TMP/big" "$BIN verity digest $TMP/big"
 "$TMP/tool" ratio "$TMP/big.json" 0.6
+"$TMP/tool" pairs "$RUNS" 0.6 "fsverity digest $TMP/big" "$BIN verity digest $TMP/big"
 
 echo "2. 10,000 files (sha256): fsverity vs updatectl"
 (cd "$TMP/many" && hf "$TMP/many.json" "xargs -a ../list fsverity digest" "xargs -a ../list $BIN verity digest")
 "$TMP/tool" ratio "$TMP/many.json" 0.6
+(cd "$TMP/many" && "$TMP/tool" pairs "$RUNS" 0.6 "xargs -a ../list fsverity digest" "xargs -a ../list $BIN verity digest")
 
 echo "3. single core, 1 GiB file: Go crypto/sha256 vs GOMAXPROCS=1 updatectl"
 echo "   (our throughput = 1/ratio; >= 90 % means ratio <= 1.111)"
