@@ -20,9 +20,18 @@
 //     count and its deletion while an importer links it.
 //
 // Locks taken: every staging directory holds an exclusive flock on its
-// tmp/<name>.lock; a mounted image holds (or its mount shows in
-// /proc/self/mountinfo) a shared flock on images/<digest>/.lock; gc.lock as
-// described above.
+// tmp/<name>.lock (Open and GC remove only staging leftovers whose lock
+// they can take); a mounted image holds a shared flock on
+// images/<digest>/.lock (MountImage), and an image mounted by a process
+// that has exited is recognised in /proc/self/mountinfo, where overlayfs
+// records the image directory as its data-only layer; gc.lock as described
+// above; finishers of one removal take turns on a flock of its directory.
+//
+// Removal renames images/<digest> into removed/, then deletes the image's
+// links, then each object whose link count fell to 1, then the rest of the
+// directory, the .lock file last. An image in use stays in removed/ until
+// a later Open or GC finds it free. A crash at any point leaves either a
+// removal to finish or objects with link count 1, which GC deletes.
 package objstore
 
 import (
