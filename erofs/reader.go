@@ -385,8 +385,9 @@ func (img *Image) xattrs(ri *rdRawInode, cache map[int64]Xattr) ([]Xattr, int64,
 
 // rdDirent is one decoded directory entry.
 type rdDirent struct {
-	nid  uint64
-	name string
+	nid   uint64
+	name  string
+	ftype uint8 // EROFS_FT_*
 }
 
 // rdParseDirBlock decodes the dirents of one directory block (or inline tail).
@@ -420,7 +421,7 @@ func rdParseDirBlock(b []byte) ([]rdDirent, error) {
 		if len(name) == 0 {
 			return nil, fmt.Errorf("rdDirent %d: empty name", i)
 		}
-		out = append(out, rdDirent{nid: le.Uint64(e[0:]), name: string(name)})
+		out = append(out, rdDirent{nid: le.Uint64(e[0:]), name: string(name), ftype: e[10]})
 	}
 	return out, nil
 }
@@ -498,6 +499,7 @@ type rdTreeBuilder struct {
 	budget   int64
 	dirBytes int64
 	shared   map[int64]Xattr // shared xattr table entries decoded so far, by offset
+	shallow  bool            // do not read directories' children (fs.FS lookups)
 }
 
 // Bytes charged per node, and the expansion an image may have: decoded
@@ -694,6 +696,9 @@ func (tb *rdTreeBuilder) node(nid uint64, name string, depth int) (n *Node, skip
 	}
 	if typ == ModeDir {
 		n.Size = ri.size // as composefs-info dump shows it; the writer recomputes it
+		if tb.shallow {
+			return n, false, nil
+		}
 		if err := tb.readDir(n, ri, depth); err != nil {
 			return nil, false, err
 		}

@@ -2,12 +2,14 @@ package erofs
 
 import (
 	"bytes"
+	"io/fs"
 	"path/filepath"
 	"testing"
 )
 
-// FuzzReader feeds arbitrary bytes to Open and Tree: they must return an
-// error or a tree, never panic, hang or allocate beyond the input's size.
+// FuzzReader feeds arbitrary bytes to Open, the fs.FS view and Tree: they
+// must return an error or a result, never panic, hang or allocate beyond a
+// multiple of the input's size.
 // Seeds: testdata/fuzz/FuzzReader (small reference images, whole and cut
 // short) plus the generated vectors when they are present.
 func FuzzReader(f *testing.F) {
@@ -20,6 +22,12 @@ func FuzzReader(f *testing.F) {
 		if err != nil {
 			return
 		}
+		// The fs.FS view: a few lookups and the root directory.
+		if ents, err := fs.ReadDir(img, "."); err == nil && len(ents) > 0 {
+			_, _ = fs.Stat(img, ents[0].Name())
+			_, _ = fs.ReadFile(img, ents[len(ents)-1].Name())
+		}
+		_, _ = fs.ReadLink(img, "a/b")
 		root, err := img.Tree()
 		if err != nil {
 			return
