@@ -377,3 +377,71 @@ func TestBasicAuth(t *testing.T) {
 		t.Fatalf("with REGISTRY_AUTH_FILE: %v", err)
 	}
 }
+
+// TestResume: a pull that fails at its second layer leaves a record of
+// the first; the next pull does not download the first layer again when
+// the store kept its objects (objstore's optional Checkpoint), and
+// otherwise fetches it again for its content only.
+func TestResume(t *testing.T) {
+	ctx := context.Background()
+	l1 := layerOf(t, tarBytes(t, reg("usr/one", 0o644, randBytes(300000)), reg("usr/small", 0o644, []byte("s"))), "gzip")
+	l2 := layerOf(t, tarBytes(t, reg("usr/two", 0o644, randBytes(100000))), "zstd")
+	img := imageOf(t, nil, l1, l2)
+	d2, _ := l2.Digest()
+	var broken atomic.Bool
+	c := &countingRegistry{bytes: map[string]*atomic.Int64{}}
+	for _, l := range []v1.Layer{l1, l2} {
+		d, _ := l.Digest()
+		c.bytes[d.String()] = &atomic.Int64{}
+	}
+	c.host = memRegistry(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if i := strings.LastIndex(r.URL.Path, "/blobs/"); i >= 0 && r.Method == http.MethodGet {
+				d := r.URL.Path[i+len("/blobs/"):]
+				if broken.Load() && d == d2.String() {
+					http.Error(w, "down", http.StatusServiceUnavailable)
+					return
+				}
+				if n, ok := c.bytes[d]; ok {
+					next.ServeHTTP(countWriter{w, n}, r)
+					return
+				}
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	push(t, c.host, "os/r:1", img)
+	c.reset()
+	s := newStore(t)
+	opts := testOpts(WithInsecureRegistries(c.host))
+	broken.Store(true)
+	if _, err := Pull(ctx, s, c.host+"/os/r:1", opts...); err == nil {
+		t.Fatal("pull with a broken layer succeeded")
+	}
+	checkUnchanged(t, s)
+	broken.Store(false)
+	c.reset()
+	res, err := Pull(ctx, s, c.host+"/os/r:1", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d1, _ := l1.Digest()
+	st, err := s.NewStaging(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, checkpoints := any(st).(checkpointer)
+	st.Abort()
+	got1 := c.bytes[d1.String()].Load()
+	if checkpoints && (got1 != 0 || res.LayersCached != 1) {
+		t.Errorf("with checkpoints, layer 1 was fetched again (%d bytes): %+v", got1, res)
+	}
+	if !checkpoints {
+		size1, _ := l1.Size()
+		if got1 != size1 || res.LayersCached != 0 {
+			t.Errorf("without checkpoints: layer 1 fetched %d bytes (want %d, its objects were dropped with the staging): %+v", got1, size1, res)
+		}
+		t.Logf("objstore has no Staging.Checkpoint: layer 1's objects did not survive the failed pull; refetched once for content")
+	}
+	diffTrees(t, expectedTree(t, img), scanDir(t, mountImage(t, s, res.Digest)))
+}
