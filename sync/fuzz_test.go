@@ -62,4 +62,3 @@ func FuzzLayer(f *testing.F) {
 		}
 	})
 }
-
