@@ -277,3 +277,22 @@ func TestNoSpace(t *testing.T) {
 	}
 	checkUnchanged(t, s)
 }
+
+func TestRegistryManifestTooLarge(t *testing.T) {
+	host := memRegistry(t, nil)
+	img := imageOf(t, nil, layerOf(t, tarBytes(t, reg("a", 0o644, []byte("a"))), "gzip"))
+	push(t, host, "os/big:1", img)
+	raw, _ := img.RawManifest()
+	s := newStore(t)
+	_, err := Pull(context.Background(), s, host+"/os/big:1",
+		testOpts(WithInsecureRegistries(host), WithLimits(Limits{MaxManifestSize: int64(len(raw) - 1)}))...)
+	if !errors.Is(err, ErrLimit) {
+		t.Fatalf("got %v, want ErrLimit", err)
+	}
+	checkUnchanged(t, s)
+	cfg, _ := img.RawConfigFile()
+	if _, err := Pull(context.Background(), s, host+"/os/big:1",
+		testOpts(WithInsecureRegistries(host), WithLimits(Limits{MaxManifestSize: int64(max(len(raw), len(cfg)))}))...); err != nil {
+		t.Fatalf("at the limit: %v", err)
+	}
+}
