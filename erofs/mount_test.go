@@ -141,6 +141,15 @@ func makeRichTree(t testing.TB, dir string, spec treeSpec) {
 	must(unix.Lsetxattr(xp, "trusted.plain", []byte("t"), 0))
 	must(unix.Lsetxattr(xp, "trusted.overlay.foo", []byte("escaped"), 0))
 	must(unix.Lsetxattr(filepath.Join(dir, "xattrs"), "user.dir", []byte("on a dir"), 0))
+	// A POSIX ACL (the image then gets the HAS_ACL flag: no "noacl").
+	acl := []byte{2, 0, 0, 0} // POSIX_ACL_XATTR_VERSION
+	for _, e := range [][3]uint32{{0x01, 6, 0xffffffff}, {0x02, 4, 1000}, {0x04, 4, 0xffffffff}, {0x10, 4, 0xffffffff}, {0x20, 0, 0xffffffff}} {
+		acl = binary.LittleEndian.AppendUint16(acl, uint16(e[0]))
+		acl = binary.LittleEndian.AppendUint16(acl, uint16(e[1]))
+		acl = binary.LittleEndian.AppendUint32(acl, e[2])
+	}
+	write("xattrs/acl", data(500), 0o640)
+	must(unix.Lsetxattr(filepath.Join(dir, "xattrs/acl"), "system.posix_acl_access", acl, 0))
 	for i := 0; i < 5; i++ { // a shared pair
 		p := filepath.Join(dir, fmt.Sprintf("xattrs/shared-%d", i))
 		write(fmt.Sprintf("xattrs/shared-%d", i), data(i*50), 0o644)
@@ -386,6 +395,11 @@ func TestMountRichTree(t *testing.T) {
 	})
 	n := compareTrees(t, src, mnt)
 	t.Logf("compared %d paths, %d objects", n, objs)
+	if im, err := OpenFile(img); err != nil || !im.HasACL() {
+		t.Errorf("image has no HAS_ACL flag (%v)", err)
+	} else {
+		im.Close()
+	}
 
 	// The mount is read-only and its private EROFS mount is not visible.
 	if err := os.WriteFile(filepath.Join(mnt, "new"), nil, 0o644); err == nil {
@@ -547,5 +561,49 @@ func TestMountLoopFallback(t *testing.T) {
 	defer Unmount(mnt)
 	if got, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil || !bytes.Equal(got, want) {
 		t.Errorf("f: %d bytes, %v", len(got), err)
+	}
+}
+
+// countingTB counts Errorf calls instead of failing.
+type countingTB struct {
+	testing.TB
+	errs int
+}
+
+func (c *countingTB) Errorf(format string, args ...any) { c.errs++ }
+func (c *countingTB) Helper()                           {}
+
+// TestCompareTreesDetects shows that compareTrees, which the mount tests
+// rely on, notices a changed xattr, content and mode.
+func TestCompareTreesDetects(t *testing.T) {
+	requireRoot(t)
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	makeRichTree(t, src, treeSpec{bigDirEntries: 10, sparseSize: 1 << 20})
+	store := t.TempDir()
+	img := buildDirImage(t, src, store)
+	mnt := t.TempDir()
+	if err := Mount(context.Background(), img, store, mnt, MountOptions{Verity: VerityOff}); err != nil {
+		t.Fatal(err)
+	}
+	defer Unmount(mnt)
+	if c := (&countingTB{TB: t}); compareTrees(c, src, mnt) > 0 && c.errs != 0 {
+		t.Fatalf("%d differences before any change", c.errs)
+	}
+	if err := unix.Lsetxattr(filepath.Join(src, "xattrs/file"), "user.new", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "sizes/file-65"), make([]byte, 65), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(src, "modes/setgid"), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	c := &countingTB{TB: t}
+	compareTrees(c, src, mnt)
+	if c.errs < 3 {
+		t.Errorf("compareTrees found %d of 3 changes", c.errs)
 	}
 }
