@@ -61,6 +61,13 @@ func TestHostileLayers(t *testing.T) {
 	gz := compress(t, withBase(reg("etc/data", 0o644, randBytes(100000))), "gzip")
 	zs := compress(t, withBase(reg("etc/data", 0o644, randBytes(100000))), "zstd")
 	longData := withBase(reg("etc/lie", 0o644, randBytes(1000)))
+	// A PAX path record with a NUL byte (a ustar name cannot hold one).
+	nul := withBase(reg("etc/a\u00e9", 0o644, []byte("x")))
+	if i := bytes.Index(nul, []byte("path=etc/a\xc3\xa9")); i >= 0 {
+		copy(nul[i+len("path=etc/a"):], "\x00b")
+	} else {
+		t.Fatal("no PAX path record")
+	}
 
 	cases := []struct {
 		name   string
@@ -79,6 +86,7 @@ func TestHostileLayers(t *testing.T) {
 		{"whiteout-dotdot-path", []v1.Layer{layerOf(t, withBase(whiteout("../.wh.etc")), "gzip")}, Limits{}, ErrUnsafeLayer},
 		{"through-symlink", []v1.Layer{layerOf(t, withBase(symlink("link", "/etc"), reg("link/shadow", 0o644, []byte("x"))), "gzip")}, Limits{}, ErrUnsafeLayer},
 		{"file-over-root", []v1.Layer{layerOf(t, withBase(reg(".", 0o644, nil)), "gzip")}, Limits{}, ErrUnsafeLayer},
+		{"nul-in-name", []v1.Layer{layerOf(t, nul, "gzip")}, Limits{}, ErrBadLayer},
 		{"truncated-gzip", []v1.Layer{&blobLayer{compressed: gz[:len(gz)/2], diffID: sha256Of(withBase()), mt: types.OCILayer}}, Limits{}, ErrBadLayer},
 		{"truncated-zstd", []v1.Layer{&blobLayer{compressed: zs[:len(zs)/2], diffID: sha256Of(withBase()), mt: types.OCILayerZStd}}, Limits{}, ErrBadLayer},
 		{"size-lie-bigger", []v1.Layer{layerOf(t, patchSize(t, longData, "etc/lie", 1<<20), "gzip")}, Limits{}, ErrBadLayer},
