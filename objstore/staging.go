@@ -693,3 +693,26 @@ func (s *Store) cleanTmp() error {
 	}
 	return firstErr
 }
+
+// Checkpoint makes the objects added so far durable and links them into
+// objects/ ahead of Commit: the syncfs barrier, then the indexing Commit
+// does. A caller that records its progress (sync's per-layer records) then
+// finds those objects again after a failed or interrupted build, until gc
+// removes the ones no image references. Added for the sync package.
+func (st *Staging) Checkpoint(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done {
+		return ErrClosed
+	}
+	if len(st.pending) == 0 {
+		return nil
+	}
+	if err := st.s.syncfs(); err != nil {
+		return err
+	}
+	return st.indexPending()
+}
