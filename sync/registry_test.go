@@ -341,6 +341,30 @@ func TestIncremental(t *testing.T) {
 	if r2.LayersCached != 2 || r2.BytesFetched != app2size {
 		t.Errorf("v2: %+v", r2)
 	}
+
+	// An image whose top layer deletes usr/gone, pulled into a fresh
+	// store first: the object of usr/gone is in no committed image, but
+	// the checkpoint put it in objects/, so v1 afterwards fetches nothing
+	// but its own top layer.
+	app0 := layerOf(t, tarBytes(t, whiteout("usr/.wh.gone")), "gzip")
+	c2 := newCountingRegistry(t, base, mid, app0, app1)
+	push(t, c2.host, "os/inc:v0", imageOf(t, nil, base, mid, app0))
+	push(t, c2.host, "os/inc:v1", v1img)
+	s2 := newStore(t)
+	opts2 := testOpts(WithInsecureRegistries(c2.host))
+	if _, err := Pull(ctx, s2, c2.host+"/os/inc:v0", opts2...); err != nil {
+		t.Fatal(err)
+	}
+	c2.reset()
+	r3, err := Pull(ctx, s2, c2.host+"/os/inc:v1", opts2...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app1size, _ := app1.Size()
+	if r3.LayersCached != 2 || r3.BytesFetched != app1size {
+		t.Errorf("v1 after v0: %+v (want only app1's %d bytes)", r3, app1size)
+	}
+	diffTrees(t, expectedTree(t, v1img), scanDir(t, mountImage(t, s2, r3.Digest)))
 	got := scanDir(t, mountImage(t, s, r2.Digest))
 	diffTrees(t, expectedTree(t, v2img), got)
 	t.Logf("v1 %+v\nv2 %+v", r1, r2)
