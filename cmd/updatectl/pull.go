@@ -92,9 +92,14 @@ digest; progress goes to standard error otherwise (bars on a terminal, lines if 
 	return cmd
 }
 
+// isTerminal reports whether w is a terminal wide enough for bars.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return false
+	}
+	width, _, err := term.GetSize(int(f.Fd()))
+	return err == nil && width >= 60
 }
 
 // pullProgress renders sync events.
