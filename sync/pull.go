@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -72,7 +73,7 @@ func Pull(ctx context.Context, store *objstore.Store, ref string, opts ...Option
 	// Free space, before anything is fetched.
 	sp := Space{Dir: store.Root(), ReusedAll: true}
 	for i, l := range img.manifest.Layers {
-		if rec, _ := loadRecord(recDir, img.config.RootFS.DiffIDs[i], alg, lim); rec == nil {
+		if _, err := os.Stat(recordPath(recDir, img.config.RootFS.DiffIDs[i], alg)); err != nil {
 			sp.Fetch += l.Size
 			sp.ReusedAll = false
 		}
