@@ -42,7 +42,7 @@ func FuzzLayer(f *testing.F) {
 	f.Add(tarBytes(f, reg("a/b/c", 0o644, make([]byte, 100)), whiteout("a/.wh.b"), reg("a/.wh..wh..opq", 0, nil)))
 	f.Add(tarBytes(f, reg("../x", 0o644, nil)))
 	f.Add([]byte("not a tar"))
-	lim := DefaultLimits
+	lim := DefaultLimits()
 	lim.MaxFiles = 1000
 	lim.MaxLayerSize = 1 << 20
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -37,7 +37,7 @@ var (
 )
 
 // Limits bound what one image can make a pull do. Zero fields take the
-// defaults of DefaultLimits.
+// values of DefaultLimits.
 type Limits struct {
 	MaxManifestSize int64 // bytes of a manifest, index or config
 	MaxLayerSize    int64 // uncompressed bytes of one layer
@@ -46,17 +46,20 @@ type Limits struct {
 	MaxWindow       int   // zstd decoder window
 }
 
-// DefaultLimits are generous for OS images and small enough to stop bombs.
-var DefaultLimits = Limits{
-	MaxManifestSize: 4 << 20,
-	MaxLayerSize:    64 << 30,
-	MaxFiles:        4_000_000,
-	MaxXattrSize:    32767,
-	MaxWindow:       64 << 20,
+// DefaultLimits returns limits generous for OS images and small enough to
+// stop decompression bombs.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxManifestSize: 4 << 20,
+		MaxLayerSize:    64 << 30,
+		MaxFiles:        4_000_000,
+		MaxXattrSize:    32767,
+		MaxWindow:       64 << 20,
+	}
 }
 
 func (l Limits) withDefaults() Limits {
-	d := DefaultLimits
+	d := DefaultLimits()
 	if l.MaxManifestSize > 0 {
 		d.MaxManifestSize = l.MaxManifestSize
 	}

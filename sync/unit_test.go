@@ -288,22 +288,22 @@ func TestRecordRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := decodeRecord(bytes.NewReader(b), diff, verity.SHA256, DefaultLimits)
+	got, err := decodeRecord(bytes.NewReader(b), diff, verity.SHA256, DefaultLimits())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", rec) {
 		t.Errorf("round trip:\n%+v\n%+v", got, rec)
 	}
-	if _, err := decodeRecord(bytes.NewReader(b), sha256Of([]byte("other")), verity.SHA256, DefaultLimits); !errors.Is(err, ErrBadRecord) {
+	if _, err := decodeRecord(bytes.NewReader(b), sha256Of([]byte("other")), verity.SHA256, DefaultLimits()); !errors.Is(err, ErrBadRecord) {
 		t.Errorf("other diff id: %v", err)
 	}
-	if _, err := decodeRecord(bytes.NewReader(b), diff, verity.SHA512, DefaultLimits); !errors.Is(err, ErrBadRecord) {
+	if _, err := decodeRecord(bytes.NewReader(b), diff, verity.SHA512, DefaultLimits()); !errors.Is(err, ErrBadRecord) {
 		t.Errorf("other algorithm: %v", err)
 	}
 	rec.Entries[0].Path = "../evil"
 	b, _ = encodeRecord(rec)
-	if _, err := decodeRecord(bytes.NewReader(b), diff, verity.SHA256, DefaultLimits); !errors.Is(err, ErrBadRecord) {
+	if _, err := decodeRecord(bytes.NewReader(b), diff, verity.SHA256, DefaultLimits()); !errors.Is(err, ErrBadRecord) {
 		t.Errorf("evil path: %v", err)
 	}
 }
