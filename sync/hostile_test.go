@@ -128,11 +128,26 @@ func TestHostileRegistry(t *testing.T) {
 	// failing wraps the registry: mode decides what happens to the layer
 	// blob on request n (1-based).
 	type mode func(n int64, w http.ResponseWriter, r *http.Request, next http.Handler) bool
+	cut := func(w http.ResponseWriter, r *http.Request, next http.Handler) {
+		rec := &captureWriter{header: http.Header{}}
+		next.ServeHTTP(rec, r)
+		b := rec.buf.Bytes()
+		for k, v := range rec.header {
+			w.Header()[k] = v
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.WriteHeader(rec.code)
+		w.Write(b[:len(b)/3])
+		w.(http.Flusher).Flush()
+		conn, _, _ := w.(http.Hijacker).Hijack()
+		conn.Close()
+	}
 	cases := []struct {
-		name  string
-		mode  mode
-		want  error // nil: the pull succeeds (after retries)
-		tries int64 // blob requests expected (0: don't check)
+		name   string
+		mode   mode
+		want   error // nil: the pull succeeds (after retries)
+		tries  int64 // blob requests expected (0: don't check)
+		ranged int64 // of which Range requests (resumed transfers)
 	}{
 		{"tampered", func(n int64, w http.ResponseWriter, r *http.Request, next http.Handler) bool {
 			rec := &captureWriter{header: http.Header{}}
@@ -142,33 +157,29 @@ func TestHostileRegistry(t *testing.T) {
 			w.WriteHeader(rec.code)
 			w.Write(b)
 			return true
-		}, ErrDigestMismatch, 1},
+		}, ErrDigestMismatch, 1, 0},
 		{"500-then-ok", func(n int64, w http.ResponseWriter, r *http.Request, next http.Handler) bool {
 			if n <= 2 {
 				http.Error(w, "boom", http.StatusInternalServerError)
 				return true
 			}
 			return false
-		}, nil, 3},
+		}, nil, 3, 0},
 		{"always-500", func(n int64, w http.ResponseWriter, r *http.Request, next http.Handler) bool {
 			http.Error(w, "boom", http.StatusInternalServerError)
 			return true
-		}, ErrFetch, 4},
+		}, ErrFetch, 4, 0},
 		{"cut-mid-body", func(n int64, w http.ResponseWriter, r *http.Request, next http.Handler) bool {
 			if n > 1 {
 				return false
 			}
-			rec := &captureWriter{header: http.Header{}}
-			next.ServeHTTP(rec, r)
-			b := rec.buf.Bytes()
-			w.Header().Set("Content-Length", strconv.Itoa(len(b)))
-			w.WriteHeader(http.StatusOK)
-			w.Write(b[:len(b)/3])
-			w.(http.Flusher).Flush()
-			conn, _, _ := w.(http.Hijacker).Hijack()
-			conn.Close()
+			cut(w, r, next)
 			return true
-		}, nil, 2},
+		}, nil, 2, 1},
+		{"cut-every-time", func(n int64, w http.ResponseWriter, r *http.Request, next http.Handler) bool {
+			cut(w, r, next)
+			return true
+		}, ErrFetch, 4, 3},
 		{"stall-mid-body", func(n int64, w http.ResponseWriter, r *http.Request, next http.Handler) bool {
 			if n > 1 {
 				return false
@@ -185,14 +196,17 @@ func TestHostileRegistry(t *testing.T) {
 			case <-time.After(10 * time.Second):
 			}
 			return true
-		}, nil, 2},
+		}, nil, 2, 1},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			var blobGets atomic.Int64
+			var blobGets, ranged atomic.Int64
 			host := memRegistry(t, func(next http.Handler) http.Handler {
 				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 					if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, blobPath) {
+						if r.Header.Get("Range") != "" {
+							ranged.Add(1)
+						}
 						if tc.mode(blobGets.Add(1), w, r, next) {
 							return
 						}
@@ -217,6 +231,9 @@ func TestHostileRegistry(t *testing.T) {
 			}
 			if tc.tries > 0 && blobGets.Load() != tc.tries {
 				t.Errorf("%d blob requests, want %d", blobGets.Load(), tc.tries)
+			}
+			if ranged.Load() != tc.ranged {
+				t.Errorf("%d resumed (Range) requests, want %d", ranged.Load(), tc.ranged)
 			}
 		})
 	}

@@ -45,7 +45,7 @@ func (f *ociFetcher) manifest(ctx context.Context, ref string, max int64) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %q is not a digest", ErrBadReference, f.name, ref)
 	}
-	rc, err := f.blob(ctx, d)
+	rc, err := f.blob(ctx, d, -1)
 	if err != nil {
 		return nil, err
 	}
@@ -57,7 +57,7 @@ func (f *ociFetcher) manifest(ctx context.Context, ref string, max int64) ([]byt
 	return b, nil
 }
 
-func (f *ociFetcher) blob(ctx context.Context, d v1.Hash) (io.ReadCloser, error) {
+func (f *ociFetcher) blob(ctx context.Context, d v1.Hash, size int64) (io.ReadCloser, error) {
 	n, err := blobName(d)
 	if err != nil {
 		return nil, err

@@ -214,7 +214,7 @@ func (o *options) fetchLayer(ctx context.Context, img *image, i int, desc v1.Des
 	err := withRetry(ctx, o, "layer "+desc.Digest.String(), func() error {
 		attempt++
 		o.emit(Event{Kind: "layer-start", Layer: i, Digest: desc.Digest.String(), Size: desc.Size, Attempt: attempt})
-		rc, err := img.from.blob(ctx, desc.Digest)
+		rc, err := img.from.blob(ctx, desc.Digest, desc.Size)
 		if err != nil {
 			return &permanentError{err} // the request was retried already
 		}

@@ -163,7 +163,8 @@ func withRetry(ctx context.Context, o *options, what string, fn func() error) er
 }
 
 // get issues one GET to the registry and maps failures to sentinels.
-func (f *registryFetcher) get(ctx context.Context, path, accept string) (*http.Response, error) {
+// rng, when set, is a Range header value; 206 is then a success too.
+func (f *registryFetcher) get(ctx context.Context, path, accept, rng string) (*http.Response, error) {
 	u := fmt.Sprintf("https://%s/v2/%s/%s", f.repo.RegistryStr(), f.repo.RepositoryStr(), path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -171,6 +172,9 @@ func (f *registryFetcher) get(ctx context.Context, path, accept string) (*http.R
 	}
 	if accept != "" {
 		req.Header.Set("Accept", accept)
+	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
 	}
 	req.Header.Set("User-Agent", f.o.userAgent)
 	resp, err := f.client.Do(req)
@@ -183,7 +187,7 @@ func (f *registryFetcher) get(ctx context.Context, path, accept string) (*http.R
 		}
 		return nil, &netError{err}
 	}
-	if resp.StatusCode == http.StatusOK {
+	if resp.StatusCode == http.StatusOK || (rng != "" && resp.StatusCode == http.StatusPartialContent) {
 		return resp, nil
 	}
 	err = transport.CheckError(resp, http.StatusOK)
@@ -209,7 +213,7 @@ func (f *registryFetcher) manifest(ctx context.Context, ref string, max int64) (
 	}
 	var b []byte
 	err := withRetry(ctx, f.o, "manifest "+what, func() error {
-		resp, err := f.get(ctx, "manifests/"+ref, manifestAccept)
+		resp, err := f.get(ctx, "manifests/"+ref, manifestAccept, "")
 		if err != nil {
 			return err
 		}
@@ -229,22 +233,112 @@ func (f *registryFetcher) manifest(ctx context.Context, ref string, max int64) (
 	return b, nil
 }
 
-func (f *registryFetcher) blob(ctx context.Context, d v1.Hash) (io.ReadCloser, error) {
+// blob opens a blob. When size is known, a transfer that breaks off is
+// resumed where it stopped with a Range request (go-containerregistry
+// retries only whole requests), up to the retry budget.
+func (f *registryFetcher) blob(ctx context.Context, d v1.Hash, size int64) (io.ReadCloser, error) {
+	sr, err := f.openBlob(ctx, d, 0, size)
+	if err != nil {
+		return nil, err
+	}
+	return &resumingReader{f: f, ctx: ctx, d: d, size: size, cur: sr}, nil
+}
+
+// openBlob GETs a blob from offset off on (a Range request when off > 0).
+func (f *registryFetcher) openBlob(ctx context.Context, d v1.Hash, off, size int64) (*stallReader, error) {
 	what := f.String() + "@" + d.String()
 	bctx, cancel := context.WithCancel(ctx)
+	rng := ""
+	if off > 0 {
+		rng = fmt.Sprintf("bytes=%d-%d", off, size-1)
+	}
 	var resp *http.Response
 	err := withRetry(ctx, f.o, "blob "+what, func() error {
 		var err error
-		resp, err = f.get(bctx, "blobs/"+d.String(), "")
+		resp, err = f.get(bctx, "blobs/"+d.String(), "", rng)
 		return err
 	})
 	if err != nil {
 		cancel()
 		return nil, mapRegistryError(err, what)
 	}
-	b := &stallReader{body: resp.Body, parent: ctx, cancel: cancel, stall: f.o.stall}
-	b.timer = time.AfterFunc(f.o.stall, cancel)
-	return b, nil
+	body := resp.Body
+	if off > 0 {
+		if resp.StatusCode == http.StatusPartialContent {
+			if cr := resp.Header.Get("Content-Range"); !strings.HasPrefix(cr, fmt.Sprintf("bytes %d-", off)) {
+				body.Close()
+				cancel()
+				return nil, fmt.Errorf("%w: %s: resuming at %d, the registry sent range %q", ErrFetch, what, off, cr)
+			}
+		} else if _, err := io.CopyN(io.Discard, body, off); err != nil { // Range ignored: skip
+			body.Close()
+			cancel()
+			return nil, &netError{err}
+		}
+	}
+	sr := &stallReader{body: body, parent: ctx, cancel: cancel, stall: f.o.stall}
+	sr.timer = time.AfterFunc(f.o.stall, cancel)
+	return sr, nil
+}
+
+// resumingReader reads a blob, reopening it at the current offset when the
+// transfer fails midway.
+type resumingReader struct {
+	f       *registryFetcher
+	ctx     context.Context
+	d       v1.Hash
+	size    int64
+	cur     *stallReader
+	off     int64
+	resumes int
+}
+
+func (r *resumingReader) Read(p []byte) (int, error) {
+	for {
+		if r.cur == nil {
+			if err := r.reopen(); err != nil {
+				return 0, err
+			}
+		}
+		n, err := r.cur.Read(p)
+		r.off += int64(n)
+		var ne *netError
+		if err == nil || err == io.EOF || !errors.As(err, &ne) || r.size <= 0 || r.off >= r.size || r.ctx.Err() != nil {
+			return n, err
+		}
+		if r.resumes >= r.f.o.retries {
+			return n, &permanentError{fmt.Errorf("%w: blob %s: gave up after %d resumed transfers: %w", ErrFetch, r.d, r.resumes, err)}
+		}
+		r.f.o.log.Warn("blob transfer broke off; resuming", "blob", r.d, "offset", r.off, "err", err)
+		r.cur.Close()
+		r.cur = nil
+		r.resumes++
+		if n > 0 {
+			return n, nil
+		}
+	}
+}
+
+func (r *resumingReader) reopen() error {
+	wait := r.f.o.backoff << (r.resumes - 1)
+	select {
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	case <-time.After(wait):
+	}
+	sr, err := r.f.openBlob(r.ctx, r.d, r.off, r.size)
+	if err != nil {
+		return &permanentError{err}
+	}
+	r.cur = sr
+	return nil
+}
+
+func (r *resumingReader) Close() error {
+	if r.cur == nil {
+		return nil
+	}
+	return r.cur.Close()
 }
 
 // stallReader reads a response body, cancelling the request when no data

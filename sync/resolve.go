@@ -22,8 +22,9 @@ type fetcher interface {
 	// manifest returns the manifest or index named by ref, a tag or a
 	// "sha256:..." digest, reading at most max bytes (more is an error).
 	manifest(ctx context.Context, ref string, max int64) ([]byte, error)
-	// blob opens a blob (config or layer) by digest.
-	blob(ctx context.Context, d v1.Hash) (io.ReadCloser, error)
+	// blob opens a blob (config or layer) by digest; size is the
+	// descriptor's (-1 unknown).
+	blob(ctx context.Context, d v1.Hash, size int64) (io.ReadCloser, error)
 	// String names the place for messages and provenance.
 	String() string
 }
@@ -227,7 +228,7 @@ func imageFromManifest(ctx context.Context, from fetcher, raw []byte, source str
 	if m.Config.Size > lim.MaxManifestSize {
 		return nil, fmt.Errorf("%w: config %s of %d bytes", ErrLimit, m.Config.Digest, m.Config.Size)
 	}
-	rc, err := from.blob(ctx, m.Config.Digest)
+	rc, err := from.blob(ctx, m.Config.Digest, m.Config.Size)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
