@@ -26,6 +26,7 @@ deps:
 	@command -v staticcheck >/dev/null 2>&1 && staticcheck --version | grep -q '$(STATICCHECK_VERSION)' || \
 		$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	@bash test/vm/prepare-kernel.sh >/dev/null
+	@bash bench/reference-tools.sh >/dev/null
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/updatectl ./cmd/updatectl
