@@ -119,7 +119,7 @@ func loadTree(ctx context.Context, a *app, src string, fromFile bool, store stri
 		defer f.Close()
 		r = f
 	}
-	root, err := erofs.ParseDump(bufio.NewReaderSize(r, 1<<20), erofs.ParseOptions{Strict: os.Getenv("CFS_PARSE_STRICT") != ""})
+	root, err := erofs.ParseDump(bufio.NewReaderSize(r, 64<<10), erofs.ParseOptions{Strict: os.Getenv("CFS_PARSE_STRICT") != ""})
 	if err != nil {
 		return nil, fmt.Errorf("image create: %s: %w", src, err)
 	}
@@ -132,7 +132,7 @@ func loadTree(ctx context.Context, a *app, src string, fromFile bool, store stri
 func writeImage(a *app, out string, root *erofs.Node, opts erofs.WriteOptions) (verity.Digest, error) {
 	h := verity.New(verity.SHA256)
 	if out == "-" {
-		bw := bufio.NewWriterSize(a.stdout, 1<<20)
+		bw := bufio.NewWriterSize(a.stdout, 64<<10)
 		if err := erofs.Write(io.MultiWriter(bw, h), root, opts); err != nil {
 			return verity.Digest{}, fmt.Errorf("image create: %w", err)
 		}
@@ -151,7 +151,7 @@ func writeImage(a *app, out string, root *erofs.Node, opts erofs.WriteOptions) (
 		os.Remove(tmp.Name())
 		return verity.Digest{}, fmt.Errorf("image create: %s: %w", out, err)
 	}
-	bw := bufio.NewWriterSize(tmp, 1<<20)
+	bw := bufio.NewWriterSize(tmp, 64<<10)
 	if err := erofs.Write(io.MultiWriter(bw, h), root, opts); err != nil {
 		return fail(err)
 	}
