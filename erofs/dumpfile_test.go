@@ -126,7 +126,7 @@ func TestParseDumpAccepts(t *testing.T) {
 		t.Errorf("repeated xattr: %+v", tt.Xattrs)
 	}
 	h, _ := root.Lookup("/h")
-	if h.Link != b || h.Target() != b {
+	if h.Link != b || h.Primary() != b {
 		t.Errorf("hardlink not resolved")
 	}
 	dev, _ := root.Lookup("/dev")

@@ -95,9 +95,9 @@ func NewRoot(perm uint32) *Node {
 	return &Node{Inode: Inode{Mode: ModeDir | perm&^ModeType, Nlink: 2}}
 }
 
-// Target returns the node a name refers to: the node itself, or the primary
+// Primary returns the node a name refers to: the node itself, or the primary
 // node of a hardlink entry.
-func (n *Node) Target() *Node {
+func (n *Node) Primary() *Node {
 	for n.Link != nil {
 		n = n.Link
 	}

@@ -221,11 +221,11 @@ func (t *tree) apply(e *entry) error {
 		if err != nil {
 			return fmt.Errorf("%w: hardlink %q to missing %q", ErrUnsafeLayer, e.Path, e.Link)
 		}
-		target = target.Target()
+		target = target.Primary()
 		if target.IsDir() || target == t.root {
 			return fmt.Errorf("%w: hardlink %q to directory %q", ErrUnsafeLayer, e.Path, e.Link)
 		}
-		if old != nil && old.Target() == target {
+		if old != nil && old.Primary() == target {
 			return nil // relinking the same file
 		}
 		for p := target.Parent; p != nil; p = p.Parent {

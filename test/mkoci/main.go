@@ -157,7 +157,11 @@ func tarDir(root string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), tw.Close()
+	// Close writes the end-of-archive blocks: only then is buf complete.
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 func addXattrs(h *tar.Header, p string) error {
