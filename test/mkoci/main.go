@@ -108,7 +108,7 @@ func tarDir(root string) ([]byte, error) {
 		}
 		rel, _ := filepath.Rel(root, p)
 		if rel == "." {
-			return nil
+			rel = "./" // the root's own metadata, as image builders record it
 		}
 		fi, err := os.Lstat(p)
 		if err != nil {
