@@ -20,6 +20,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf -- "$tmp"' EXIT
 
 MKCOMPOSEFS=${MKCOMPOSEFS:-$(command -v mkcomposefs || true)}
+# Debian 12 has no composefs package: use the one bench/reference-tools.sh unpacks.
+[ -n "$MKCOMPOSEFS" ] || MKCOMPOSEFS=$(bash "$(dirname "$0")/reference-tools.sh" 2>/dev/null | tail -n1)/mkcomposefs
+[ -x "$MKCOMPOSEFS" ] || MKCOMPOSEFS=
 
 # measure LABEL DUMP [CMD...]: runs CMD (default: image create) on DUMP,
 # prints wall seconds, CPU seconds and peak RSS (best of 3).
@@ -86,6 +89,23 @@ if [ -f "$VECTORS/cs9-x86_64-minimal.dump.gz" ]; then
 	fi
 else
 	echo "cs9 vector not found in $VECTORS: skipped"
+fi
+# An OS dump of ~60k entries: this machine's /usr/share and /usr/include
+# (read-only bind mounts), imaged once with digests and dumped; cached.
+OSDUMP=${TWINROOT_BENCH_CACHE:-/var/cache/twinroot-bench}/os-usr.dump
+if [ ! -s "$OSDUMP" ]; then
+	mkdir -p "$(dirname "$OSDUMP")" "$tmp/os/usr/share" "$tmp/os/usr/include"
+	mount --bind -o ro /usr/share "$tmp/os/usr/share"
+	mount --bind -o ro /usr/include "$tmp/os/usr/include"
+	"$BIN" image create "$tmp/os" "$tmp/os.cfs" &&
+		"$BIN" image dump "$tmp/os.cfs" >"$OSDUMP.tmp" && mv "$OSDUMP.tmp" "$OSDUMP"
+	umount "$tmp/os/usr/share" "$tmp/os/usr/include"
+fi
+measure "OS dump ($(wc -l <"$OSDUMP") entries)" "$OSDUMP"
+cp "$tmp/out.cfs" "$tmp/ours.cfs"
+if [ -n "$MKCOMPOSEFS" ]; then
+	measure "  mkcomposefs (reference)" "$OSDUMP" "$MKCOMPOSEFS"
+	if cmp -s "$tmp/out.cfs" "$tmp/ours.cfs"; then echo "   images identical"; else echo "   IMAGES DIFFER" >&2; exit 1; fi
 fi
 for n in 100000 1000000; do
 	gen "$n" >"$tmp/gen.dump"
