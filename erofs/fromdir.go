@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/twinroot/twinroot/internal/atomicfile"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -366,21 +367,9 @@ func (w *dirWalker) digest(job digestJob) error {
 // syncStoreDirs fsyncs every store directory that got a new object.
 func (w *dirWalker) syncStoreDirs() error {
 	for d := range w.stores {
-		if err := syncDir(d); err != nil {
+		if err := atomicfile.SyncDir(d); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/twinroot/twinroot/internal/atomicfile"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -443,5 +444,5 @@ func (s *Store) saveDedupCache(m map[string]string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, "cache.json"), b, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, "cache.json"), b, 0o600)
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
+	"github.com/twinroot/twinroot/internal/atomicfile"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -129,7 +130,7 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	}
 	if cachePath != "" {
 		if b, err := json.Marshal(newCache); err == nil {
-			if err := writeFileAtomic(cachePath, b, 0o600); err != nil {
+			if err := atomicfile.WriteFile(cachePath, b, 0o600); err != nil {
 				s.log.Warn("saving import cache", "err", err)
 			}
 		}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/twinroot/twinroot/internal/atomicfile"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -67,7 +68,7 @@ func (s *Store) Remove(ctx context.Context, d verity.Digest) error {
 		}
 		return fmt.Errorf("objstore: removing image %s: %w", d, err)
 	}
-	if err := syncDir(filepath.Join(s.root, dirImages)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Join(s.root, dirImages)); err != nil {
 		return fmt.Errorf("objstore: removing image %s: %w", d, err)
 	}
 	s.crashPoint("remove.renamed")

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
+	"github.com/twinroot/twinroot/internal/atomicfile"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -558,7 +559,7 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 	}
 	s.crashPoint("commit.renamed")
 	st.done = true
-	if err := syncDir(filepath.Join(s.root, dirImages)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Join(s.root, dirImages)); err != nil {
 		st.remove()
 		return d, fmt.Errorf("objstore: commit: %w", err)
 	}

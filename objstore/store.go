@@ -49,6 +49,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/twinroot/twinroot/internal/atomicfile"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -199,7 +200,7 @@ func (s *Store) initLayout(create bool) error {
 		}
 		c := config{Version: 1, Algorithm: s.alg.String()}
 		b, _ = json.Marshal(c)
-		if err := writeFileAtomic(cfgPath, append(b, '\n'), 0o644); err != nil {
+		if err := atomicfile.WriteFile(cfgPath, append(b, '\n'), 0o644); err != nil {
 			return fmt.Errorf("objstore: initialising %s: %w", s.root, err)
 		}
 	case errors.Is(err, fs.ErrNotExist):
@@ -251,7 +252,7 @@ func (s *Store) mkdirs() error {
 		return fmt.Errorf("objstore: creating %s: %w", p, err)
 	}
 	f.Close()
-	return syncDir(s.root)
+	return atomicfile.SyncDir(s.root)
 }
 
 // Close releases the store. Stagings still open stay usable until they are
@@ -391,50 +392,6 @@ func flock(f *os.File, how int) error {
 			return err
 		}
 	}
-}
-
-// writeFileAtomic writes a file under a temporary name, fsyncs it, renames
-// it into place and fsyncs the directory.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-// syncDir fsyncs a directory.
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // ctxReader stops a copy when its context is cancelled.

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
 
+	"github.com/twinroot/twinroot/internal/atomicfile"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -104,31 +105,5 @@ func saveRecord(dir string, rec *layerRecord, alg verity.Algorithm) error {
 	if err != nil {
 		return err
 	}
-	dst := recordPath(dir, rec.DiffID, alg)
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // after a successful rename, a no-op
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, dst); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(recordPath(dir, rec.DiffID, alg), b, 0o600)
 }
