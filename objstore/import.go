@@ -3,8 +3,9 @@ package objstore
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,7 +20,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
-	"github.com/twinroot/twinroot/internal/atomicfile"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -32,7 +32,8 @@ const InlineMax = 64
 type ImportOptions struct {
 	// Meta is recorded with the image; Source defaults to "import:<abs path>".
 	Meta ImageMeta
-	// Workers is the number of files ingested at once (0 = 2 × GOMAXPROCS).
+	// Workers is the number of files ingested at once (0 = the larger of
+	// 16 and 2 × GOMAXPROCS).
 	Workers int
 	// Progress, when set, is called as files are ingested.
 	Progress func(Progress)
@@ -74,27 +75,29 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	defer st.Abort()
 	workers := opts.Workers
 	if workers <= 0 {
-		workers = 2 * runtime.GOMAXPROCS(0)
+		// Tasks wait for the disk (source reads, the journal) as much as
+		// they compute: on 2 cores, 16 beat 4 by 15-25 % on a re-import.
+		workers = max(16, 2*runtime.GOMAXPROCS(0))
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workers)
 	var files, added, done atomic.Int64
 	var bytes atomic.Int64
 	cachePath := s.importCachePath(abs)
-	oldCache := loadImportCache(cachePath)
+	oldCache := loadImportCache(cachePath, s.alg)
 	var cmu sync.Mutex
-	newCache := map[string]string{}
+	newCache := make(importCache, len(oldCache))
 	w := &treeWalker{g: g, ctx: gctx, multi: map[inodeKey][]*erofs.Node{}}
 	w.file = func(n *erofs.Node, path string, sb *unix.Stat_t) error {
 		files.Add(1)
-		key := importKey(sb)
+		key := keyOf(sb)
 		return w.spawn(func() error {
 			d, new, err := s.importFile(gctx, st, path, int64(n.Size), oldCache[key])
 			if err != nil {
 				return err
 			}
 			cmu.Lock()
-			newCache[key] = d.Hex()
+			newCache[key] = d
 			cmu.Unlock()
 			n.Digest = d
 			n.Payload = d.ObjectPath()
@@ -124,16 +127,18 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	if meta.Source == "" {
 		meta.Source = "import:" + abs
 	}
+	// The cache is saved before Commit, whose syncfs makes it durable. If
+	// the commit fails, the digests it names that are not in objects/ fail
+	// to link at the next import, which then reads those files.
+	if cachePath != "" {
+		if err := writeImportCache(cachePath, s.alg, newCache); err != nil {
+			s.log.Warn("saving import cache", "err", err)
+		}
+		os.Remove(strings.TrimSuffix(cachePath, ".cache") + ".json") // format before v1
+	}
 	d, err := st.Commit(ctx, root, meta)
 	if err != nil {
 		return res, err
-	}
-	if cachePath != "" {
-		if b, err := json.Marshal(newCache); err == nil {
-			if err := atomicfile.WriteFile(cachePath, b, 0o600); err != nil {
-				s.log.Warn("saving import cache", "err", err)
-			}
-		}
 	}
 	res = ImportResult{Digest: d, Files: int(files.Load()), Added: int(added.Load()), Bytes: bytes.Load(), Elapsed: time.Since(start)}
 	return res, nil
@@ -143,12 +148,10 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 // device, inode, size, mtime and ctime as at the last import of this
 // directory) and objects/ still holds its digest, the object is linked
 // without reading the file; otherwise its content is streamed.
-func (s *Store) importFile(ctx context.Context, st *Staging, path string, size int64, cached string) (verity.Digest, bool, error) {
-	if cached != "" {
-		if d, err := verity.ParseDigest(s.alg.String() + ":" + cached); err == nil {
-			if err := st.LinkObject(ctx, d); err == nil {
-				return d, false, nil
-			}
+func (s *Store) importFile(ctx context.Context, st *Staging, path string, size int64, cached verity.Digest) (verity.Digest, bool, error) {
+	if !cached.IsZero() && cached.Algorithm() == s.alg {
+		if err := st.linkObject(ctx, cached, size); err == nil {
+			return cached, false, nil
 		}
 	}
 	f, err := os.Open(path)
@@ -165,29 +168,129 @@ func (s *Store) importFile(ctx context.Context, st *Staging, path string, size i
 
 // importKey identifies a file's content for the import cache: ctime
 // changes with every write, whatever a tool does with mtime.
-func importKey(sb *unix.Stat_t) string {
-	return fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", sb.Dev, sb.Ino, sb.Size, sb.Mtim.Sec, sb.Mtim.Nsec, sb.Ctim.Sec, sb.Ctim.Nsec)
+type importKey struct {
+	dev, ino                   uint64
+	size                       int64
+	mtime, mnsec, ctime, cnsec int64
 }
 
-// importCachePath is STORE/state/import/<hash of the source path>.json.
+func keyOf(sb *unix.Stat_t) importKey {
+	return importKey{dev: sb.Dev, ino: sb.Ino, size: sb.Size,
+		mtime: sb.Mtim.Sec, mnsec: sb.Mtim.Nsec, ctime: sb.Ctim.Sec, cnsec: sb.Ctim.Nsec}
+}
+
+// importCache maps a source file's identity to its content's digest.
+type importCache map[importKey]verity.Digest
+
+// importCacheMagic starts an import cache file (format version 1): magic,
+// algorithm (1 byte), record count (uint64), records of 7 × uint64 key
+// fields and the digest bytes, then the SHA-256 of everything before it.
+// All integers are little-endian.
+const importCacheMagic = "twinroot-import-cache-1\n"
+
+const importKeySize = 7 * 8
+
+// errBadImportCache: the import cache file is not one this store wrote.
+var errBadImportCache = errors.New("objstore: unusable import cache")
+
+// encodeImportCache serialises c for a store using alg.
+func encodeImportCache(alg verity.Algorithm, c importCache) []byte {
+	rec := importKeySize + alg.Size()
+	b := make([]byte, 0, len(importCacheMagic)+1+8+len(c)*rec+sha256.Size)
+	b = append(b, importCacheMagic...)
+	b = append(b, byte(alg))
+	b = binary.LittleEndian.AppendUint64(b, uint64(len(c)))
+	for k, d := range c {
+		if d.Algorithm() != alg {
+			continue // not possible: every digest comes from the store
+		}
+		for _, v := range [7]uint64{k.dev, k.ino, uint64(k.size), uint64(k.mtime), uint64(k.mnsec), uint64(k.ctime), uint64(k.cnsec)} {
+			b = binary.LittleEndian.AppendUint64(b, v)
+		}
+		b = append(b, d.Bytes()...)
+	}
+	sum := sha256.Sum256(b)
+	return append(b, sum[:]...)
+}
+
+// decodeImportCache parses an import cache file written for alg. Anything
+// else (another algorithm, a torn or damaged file) is an error, and the
+// caller starts with an empty cache.
+func decodeImportCache(alg verity.Algorithm, b []byte) (importCache, error) {
+	head := len(importCacheMagic) + 1 + 8
+	if len(b) < head+sha256.Size || string(b[:len(importCacheMagic)]) != importCacheMagic {
+		return nil, errBadImportCache
+	}
+	body, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
+	if got := sha256.Sum256(body); string(got[:]) != string(sum) {
+		return nil, errBadImportCache
+	}
+	if verity.Algorithm(body[len(importCacheMagic)]) != alg || alg.Size() == 0 {
+		return nil, errBadImportCache
+	}
+	n := binary.LittleEndian.Uint64(body[len(importCacheMagic)+1:])
+	rec := uint64(importKeySize + alg.Size())
+	recs := body[head:]
+	if n > uint64(len(recs))/rec || n*rec != uint64(len(recs)) {
+		return nil, errBadImportCache
+	}
+	c := make(importCache, n)
+	for len(recs) > 0 {
+		var v [7]uint64
+		for i := range v {
+			v[i] = binary.LittleEndian.Uint64(recs[i*8:])
+		}
+		d, err := verity.NewDigest(alg, recs[importKeySize:rec])
+		if err != nil {
+			return nil, err
+		}
+		c[importKey{dev: v[0], ino: v[1], size: int64(v[2]), mtime: int64(v[3]), mnsec: int64(v[4]), ctime: int64(v[5]), cnsec: int64(v[6])}] = d
+		recs = recs[rec:]
+	}
+	return c, nil
+}
+
+// importCachePath is STORE/state/import/<hash of the source path>.cache.
 func (s *Store) importCachePath(src string) string {
 	dir, err := s.StateDir("import")
 	if err != nil {
 		return ""
 	}
 	h := sha256.Sum256([]byte(src))
-	return filepath.Join(dir, hex.EncodeToString(h[:8])+".json")
+	return filepath.Join(dir, hex.EncodeToString(h[:8])+".cache")
 }
 
-func loadImportCache(path string) map[string]string {
-	m := map[string]string{}
-	if path == "" {
-		return m
+// loadImportCache reads the cache at path; a missing or damaged one is empty.
+func loadImportCache(path string, alg verity.Algorithm) importCache {
+	if path != "" {
+		if b, err := os.ReadFile(path); err == nil {
+			if c, err := decodeImportCache(alg, b); err == nil {
+				return c
+			}
+		}
 	}
-	if b, err := os.ReadFile(path); err == nil {
-		_ = json.Unmarshal(b, &m)
+	return importCache{}
+}
+
+// writeImportCache replaces the cache at path: a temporary file renamed
+// into place, without fsync (the caller's commit syncs the filesystem). A
+// power cut may leave the previous cache, which is still correct (its keys
+// include ctime), or a torn file, which fails its checksum and is ignored.
+func writeImportCache(path string, alg verity.Algorithm, c importCache) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
+	if err != nil {
+		return err
 	}
-	return m
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op after the rename
+	_, err = f.Write(encodeImportCache(alg, c))
+	if e := f.Close(); err == nil {
+		err = e
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", tmp, err)
+	}
+	return os.Rename(tmp, path)
 }
 
 // treeWalker builds an erofs tree from a directory. Directories are read

@@ -375,6 +375,12 @@ func (s *Store) sealObject(path string, d verity.Digest) error {
 // (taking the shared gc lock). It fails with ErrNotFound when objects/ has
 // no such object.
 func (st *Staging) LinkObject(ctx context.Context, d verity.Digest) error {
+	return st.linkObject(ctx, d, -1)
+}
+
+// linkObject is LinkObject; a size ≥ 0 is the object's known size (the
+// import cache's), recorded without a stat of the link.
+func (st *Staging) linkObject(ctx context.Context, d verity.Digest, size int64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -403,11 +409,14 @@ func (st *Staging) LinkObject(ctx context.Context, d verity.Digest) error {
 	if !ok {
 		return fmt.Errorf("objstore: object %s: %w", d, ErrNotFound)
 	}
-	var sb unix.Stat_t
-	if err := unix.Lstat(dst, &sb); err != nil {
-		return fmt.Errorf("objstore: %w", err)
+	if size < 0 {
+		var sb unix.Stat_t
+		if err := unix.Lstat(dst, &sb); err != nil {
+			return fmt.Errorf("objstore: %w", err)
+		}
+		size = sb.Size
 	}
-	st.record(d, sb.Size, false)
+	st.record(d, size, false)
 	return nil
 }
 
