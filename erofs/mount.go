@@ -141,20 +141,24 @@ func probeVerity(objects string, log *slog.Logger) VerityMode {
 	return VerityOff
 }
 
-// verityWorks tries fs-verity on a temp file in dir; when dir is not
-// writable it looks at the first object instead.
+// verityWorks tries fs-verity on a nameless O_TMPFILE in dir, so that a
+// crash can never leave a probe file among the objects (for a store image,
+// dir is the image's own directory); when dir is not writable it looks at
+// the first object instead.
 func verityWorks(dir string) (bool, error) {
-	tmp, err := os.CreateTemp(dir, ".verity-probe")
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err == nil {
-		defer os.Remove(tmp.Name())
-		_, werr := tmp.Write(make([]byte, verity.BlockSize))
-		cerr := tmp.Close()
-		if werr != nil || cerr != nil {
-			return false, errors.Join(werr, cerr)
-		}
-		f, err := os.Open(tmp.Name())
-		if err != nil {
-			return false, err
+		w := os.NewFile(uintptr(fd), filepath.Join(dir, "(probe)"))
+		_, werr := w.Write(make([]byte, verity.BlockSize))
+		// fs-verity needs a descriptor that is not writable and no writer
+		// left: reopen read-only through /proc, then close the writer.
+		f, oerr := os.Open(fmt.Sprintf("/proc/self/fd/%d", fd))
+		cerr := w.Close()
+		if werr != nil || oerr != nil || cerr != nil {
+			if f != nil {
+				f.Close()
+			}
+			return false, errors.Join(werr, oerr, cerr)
 		}
 		defer f.Close()
 		if err := verity.Enable(f, verity.SHA256); err != nil {
