@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
 
+	"github.com/twinroot/twinroot/objstore"
 	twsync "github.com/twinroot/twinroot/sync"
 )
 
@@ -43,13 +45,7 @@ The last line of standard output is the composefs digest (64 hex). With --json, 
 output carries one JSON event per line instead, the last one of kind "done" holding the
 digest; progress goes to standard error otherwise (bars on a terminal, lines if not).`,
 		Args: usageArgs(cobra.ExactArgs(1)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := a.openStore(ctx, true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(true, func(ctx context.Context, s *objstore.Store, args []string) error {
 			var pr pullProgress
 			switch {
 			case asJSON:
@@ -81,7 +77,7 @@ digest; progress goes to standard error otherwise (bars on a terminal, lines if 
 				res.ObjectsNew, res.ObjectsReused, time.Since(start).Seconds())
 			fmt.Fprintln(a.stdout, res.Digest.Hex())
 			return nil
-		},
+		}),
 	}
 	f := cmd.Flags()
 	f.BoolVar(&tlsVerify, "tls-verify", true, "verify TLS and refuse plain HTTP for the registry REF names (false: allow both, for that registry only)")

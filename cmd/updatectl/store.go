@@ -43,24 +43,33 @@ func (a *app) openStore(ctx context.Context, create bool) (*objstore.Store, erro
 	return objstore.Open(ctx, a.store(), objstore.Options{Logger: a.log, Create: create})
 }
 
+// withStore makes a cobra RunE that opens the store (creating it when
+// create is set), runs fn with it and closes it again.
+func (a *app) withStore(create bool, fn func(ctx context.Context, s *objstore.Store, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		s, err := a.openStore(ctx, create)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return fn(ctx, s, args)
+	}
+}
+
 func newStoreInitCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "init",
 		Short: "Create the object store (idempotent)",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := a.openStore(cmd.Context(), true)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(true, func(ctx context.Context, s *objstore.Store, args []string) error {
 			v := "no"
 			if s.VeritySupported() {
 				v = "yes"
 			}
 			fmt.Fprintf(a.stdout, "store %s (%s, fs-verity: %s)\n", s.Root(), s.Algorithm(), v)
 			return nil
-		},
+		}),
 	}
 }
 
@@ -71,13 +80,7 @@ func newStoreImportCmd(a *app) *cobra.Command {
 		Short: "Import a directory tree as objects plus a committed composefs image",
 		Long:  "Import reads every file of SRC once, stores it as an object and commits a composefs image of the tree. The last line of output is the image's composefs digest (64 hex).",
 		Args:  usageArgs(cobra.ExactArgs(1)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := a.openStore(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(false, func(ctx context.Context, s *objstore.Store, args []string) error {
 			p := newStoreProgress(a.stderr, "import")
 			res, err := s.ImportDir(ctx, args[0], objstore.ImportOptions{Workers: workers, Progress: p.update})
 			p.finish()
@@ -89,7 +92,7 @@ func newStoreImportCmd(a *app) *cobra.Command {
 				res.Files, res.Added, storeHumanBytes(res.Bytes), secs, float64(res.Files)/secs, float64(res.Bytes)/1e6/secs)
 			fmt.Fprintln(a.stdout, res.Digest.Hex())
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().IntVar(&workers, "workers", 0, "files ingested at once (0: 2 per CPU)")
 	return cmd
@@ -101,13 +104,7 @@ func newStoreImagesCmd(a *app) *cobra.Command {
 		Use:   "images",
 		Short: "List committed images: digest, objects, bytes, source",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := a.openStore(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(false, func(ctx context.Context, s *objstore.Store, args []string) error {
 			imgs, err := s.Images(ctx)
 			if err != nil {
 				return err
@@ -122,7 +119,7 @@ func newStoreImagesCmd(a *app) *cobra.Command {
 				fmt.Fprintf(a.stdout, "%s %d %d %s\n", im.Digest.Hex(), im.Objects, im.Bytes, im.Meta.Source)
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
@@ -133,13 +130,7 @@ func newStoreRmCmd(a *app) *cobra.Command {
 		Use:   "rm DIGEST...",
 		Short: "Remove images (deferred while an image is mounted)",
 		Args:  usageArgs(cobra.MinimumNArgs(1)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := a.openStore(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(false, func(ctx context.Context, s *objstore.Store, args []string) error {
 			failed := false
 			for _, arg := range args {
 				d, err := verity.ParseDigest(arg)
@@ -161,7 +152,7 @@ func newStoreRmCmd(a *app) *cobra.Command {
 				return &exitError{code: exitFailure, err: errors.New("some removals failed"), silent: true}
 			}
 			return nil
-		},
+		}),
 	}
 }
 
@@ -171,13 +162,7 @@ func newStoreGCCmd(a *app) *cobra.Command {
 		Use:   "gc",
 		Short: "Delete objects no image references and finish pending removals",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := a.openStore(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(false, func(ctx context.Context, s *objstore.Store, args []string) error {
 			p := newStoreProgress(a.stderr, "gc")
 			res, err := s.GC(ctx, objstore.GCOptions{DryRun: dry, Progress: p.update})
 			p.finish()
@@ -191,7 +176,7 @@ func newStoreGCCmd(a *app) *cobra.Command {
 			fmt.Fprintf(a.stdout, "%s %d objects (%s); %d removals finished, %d in use\n",
 				verb, res.Objects, storeHumanBytes(res.Bytes), res.Images, res.InUse)
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&dry, "dry-run", false, "only count what would be deleted")
 	return cmd
@@ -203,13 +188,7 @@ func newStoreFsckCmd(a *app) *cobra.Command {
 		Use:   "fsck",
 		Short: "Verify objects, images and link counts (exit 3 when problems are found)",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := a.openStore(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(false, func(ctx context.Context, s *objstore.Store, args []string) error {
 			p := newStoreProgress(a.stderr, "fsck")
 			res, err := s.Fsck(ctx, objstore.FsckOptions{Repair: repair, Progress: p.update})
 			p.finish()
@@ -231,7 +210,7 @@ func newStoreFsckCmd(a *app) *cobra.Command {
 				return &exitError{code: exitCheck, err: fmt.Errorf("store has %d problems", len(res.Problems)), silent: asJSON}
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&repair, "repair", false, "fix what can be fixed (relink, drop corrupt and stray files)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -244,13 +223,7 @@ func newStoreStatsCmd(a *app) *cobra.Command {
 		Use:   "stats",
 		Short: "Objects, bytes, bytes shared with container storage, per-image unique bytes",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := a.openStore(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(false, func(ctx context.Context, s *objstore.Store, args []string) error {
 			st, err := s.Stats(ctx)
 			if err != nil {
 				return err
@@ -268,7 +241,7 @@ func newStoreStatsCmd(a *app) *cobra.Command {
 				fmt.Fprintf(a.stdout, "image %s: %d objects, %s, unique %s\n", im.Digest.Hex(), im.Objects, storeHumanBytes(im.Bytes), storeHumanBytes(im.UniqueBytes))
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
@@ -281,13 +254,7 @@ func newStoreDedupCmd(a *app) *cobra.Command {
 		Use:   "dedup",
 		Short: "Share identical files with container storage (hardlink or reflink)",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			s, err := a.openStore(ctx, false)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+		RunE: a.withStore(false, func(ctx context.Context, s *objstore.Store, args []string) error {
 			p := newStoreProgress(a.stderr, "dedup")
 			o.Progress = p.update
 			res, err := s.Dedup(ctx, o)
@@ -306,7 +273,7 @@ func newStoreDedupCmd(a *app) *cobra.Command {
 				res.Layers, res.Files, res.Hardlinked, storeHumanBytes(res.HardlinkedBytes), res.Reflinked, storeHumanBytes(res.ReflinkedBytes),
 				res.AlreadyShared, res.Indexed, res.NotShareable)
 			return nil
-		},
+		}),
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.GraphRoot, "containers-root", "", "container storage graph root (default: from storage.conf, /var/lib/containers/storage)")
