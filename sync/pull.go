@@ -286,20 +286,16 @@ func (o *options) linkRecorded(ctx context.Context, img *image, root *erofs.Node
 
 // open resolves ref to a verified manifest and config.
 func open(ctx context.Context, ref string, plat v1.Platform, lim Limits, o *options) (*image, func(), error) {
+	var local func(string) (*ociFetcher, string, func(), error)
+	var arg string
 	switch {
 	case strings.HasPrefix(ref, "oci:"):
-		f, tag, closeFn, err := openOCIDir(strings.TrimPrefix(ref, "oci:"))
-		if err != nil {
-			return nil, nil, err
-		}
-		img, err := resolveOCI(ctx, f, tag, ref, plat, lim)
-		if err != nil {
-			closeFn()
-			return nil, nil, err
-		}
-		return img, closeFn, nil
+		local, arg = openOCIDir, strings.TrimPrefix(ref, "oci:")
 	case strings.HasPrefix(ref, "oci-archive:"):
-		f, tag, closeFn, err := openOCIArchive(strings.TrimPrefix(ref, "oci-archive:"))
+		local, arg = openOCIArchive, strings.TrimPrefix(ref, "oci-archive:")
+	}
+	if local != nil {
+		f, tag, closeFn, err := local(arg)
 		if err != nil {
 			return nil, nil, err
 		}
