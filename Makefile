@@ -9,7 +9,7 @@ STATICCHECK_VERSION := 2026.2.2
 # Debian packages the tests, benchmarks and demo need.
 DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf \
 	systemd-boot-efi busybox-static e2fsprogs cpio kmod attr acl util-linux \
-	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3
+	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3 xfsprogs btrfs-progs
 
 .PHONY: all deps build test vet lint gotest scripttest bench demo clean
 
