@@ -2,6 +2,7 @@ package objstore
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	cstorage "go.podman.io/storage"
 	ctypes "go.podman.io/storage/types"
@@ -56,7 +58,8 @@ type DedupResult struct {
 	Indexed       int `json:"indexed"`
 	AlreadyShared int `json:"already_shared"`
 	// NotShareable: identical content that could not be shared (another
-	// filesystem without reflink support).
+	// filesystem without reflink support, or a clone on which fs-verity
+	// could not be enabled with the expected measurement).
 	NotShareable int `json:"not_shareable"`
 }
 
@@ -82,14 +85,29 @@ type dedupFile struct {
 //     container storage still links is ever deleted by us.
 //   - Same filesystem: our names (objects/ and the directories of images
 //     not in use) are replaced, by rename of a new link, with their inode,
-//     which frees our copy and shares the page cache. A mounted image's
-//     directory is not touched. Content we lack is linked into objects/ so
-//     later imports reuse it.
-//   - Another filesystem (or a file not eligible for hardlinking): a
-//     reflink (FICLONE) clone replaces our copy, verified after cloning;
-//     when the filesystem cannot reflink, nothing is shared.
+//     which frees our copy and shares the page cache. Content we lack is
+//     linked into objects/ so later imports reuse it.
+//   - An image in use is not touched: each image's name is replaced while
+//     Dedup holds the image's .lock exclusively (LOCK_NB, taken before the
+//     check and dropped after the rename), so MountImage (which takes it
+//     shared) cannot mount it in between; an image whose lock is held, or
+//     that the mount table names, is skipped. A later run moves the names
+//     it skipped, even when objects/ is already shared.
+//   - Order: image names first, objects/ last; the new links are made in
+//     tmp/ and renamed over our names (atomic per name), so after a crash
+//     every name is either our old inode or the verified new one, and only
+//     tmp/ leftovers remain. The shared gc lock is held meanwhile.
+//   - Another filesystem, another mount of the same one (link gives
+//     EXDEV), or a file not eligible for hardlinking: a reflink (FICLONE)
+//     clone made in tmp/ replaces our copy, verified after cloning; when
+//     the filesystem cannot reflink, nothing is shared (NotShareable). An
+//     objects/ entry whose extents are already all theirs (FIEMAP) counts
+//     as AlreadyShared and is not cloned again.
 //   - With fs-verity available, a file without verity is not hardlinked
-//     (enabling it would modify their inode).
+//     (enabling it would modify their inode), and a clone gets fs-verity
+//     (sealObject: enabled, measurement checked against the digest) before
+//     any name of ours points to it, so verity=require mounts can read it;
+//     a clone that cannot be sealed is not shared (counted in NotShareable).
 //
 // Opening container storage can fail or wait for locks: that is "no
 // sharing this time" (DedupResult.Skipped), never an error. Digests of
@@ -178,14 +196,21 @@ func (s *Store) Dedup(ctx context.Context, opts DedupOptions) (DedupResult, erro
 }
 
 // shareOne shares one container file with the store.
+//
+// The inode our names should end on (the target) is theirs when it can be
+// hardlinked, else a FICLONE clone of it made in tmp/, verified against the
+// digest and, where the store has fs-verity, sealed; when objects/ already
+// is their inode (or shares all its extents with theirs) it is the target
+// as it is, and only image names left behind by an earlier run (their image
+// was in use then) are moved. Image names go first, each under its image's
+// exclusive lock (lockIdleImage), objects/ last; every name is replaced by
+// renaming a new link from tmp/ over it, so at any point each name is either
+// the old inode or the verified target, and a crash leaves only tmp/
+// leftovers, which the next open or gc removes.
 func (s *Store) shareOne(ctx context.Context, f *dedupFile, res *DedupResult) error {
 	obj := s.ObjectPath(f.d)
 	var ours unix.Stat_t
 	have := unix.Lstat(obj, &ours) == nil
-	if have && ours.Dev == f.st.Dev && ours.Ino == f.st.Ino {
-		res.AlreadyShared++
-		return nil
-	}
 	sameFS := f.st.Dev == s.dev
 	hardlink := sameFS && f.hardlink
 	if hardlink && s.VeritySupported() {
@@ -211,67 +236,265 @@ func (s *Store) shareOne(ctx context.Context, f *dedupFile, res *DedupResult) er
 		}
 		return nil
 	}
-	// We have the object: put their inode (or a clone of it) under our names.
 	tmpSt, err := s.newStagingDir()
 	if err != nil {
 		return err
 	}
 	defer tmpSt.remove()
+	// src is a name of the target inode.
 	src := filepath.Join(tmpSt.dir, "share")
-	if hardlink {
-		if err := os.Link(f.path, src); err != nil {
-			return nil // removed under us: skip
-		}
+	objDone := ours.Dev == f.st.Dev && ours.Ino == f.st.Ino
+	if objDone {
+		hardlink = true // the target is their inode
+	} else if !hardlink && extentsShared(obj, f.path) {
+		objDone = true // reflinked by an earlier run
+	}
+	if objDone {
+		src = obj
 	} else {
-		if err := reflinkFile(f.path, src); err != nil {
-			if errors.Is(err, ErrNotSupported) {
+		// We have the object: put their inode (or a clone of it) under our names.
+		linked := false
+		if hardlink {
+			err := os.Link(f.path, src)
+			switch {
+			case err == nil:
+				linked = true
+			case errors.Is(err, unix.EXDEV):
+				// Same filesystem through another mount: links cannot
+				// cross it, clones can.
+				hardlink = false
+			default:
+				return nil // removed under us: skip
+			}
+		}
+		if !linked {
+			if err := reflinkFile(f.path, src); err != nil {
+				if errors.Is(err, ErrNotSupported) {
+					res.NotShareable++
+				}
+				return nil
+			}
+		}
+		// Verify what we are about to link (their file may have changed since
+		// it was digested, or the clone may be of newer content).
+		if d, err := verity.DigestFile(ctx, src, s.alg); err != nil || d != f.d {
+			return nil
+		}
+		// A clone is a new inode: it needs fs-verity before any name of ours
+		// is it, or a verity=require mount of an image could not read it.
+		if !hardlink && s.VeritySupported() {
+			if err := s.sealObject(src, f.d); err != nil {
+				s.log.Warn("dedup: cannot seal clone, not sharing it", "object", f.d.String(), "err", err)
 				res.NotShareable++
 				return nil
 			}
-			return nil
 		}
 	}
-	// Verify what we are about to link (their file may have changed since
-	// it was digested, or the clone may be of newer content).
-	if d, err := verity.DigestFile(ctx, src, s.alg); err != nil || d != f.d {
+	var target unix.Stat_t
+	if err := unix.Lstat(src, &target); err != nil {
+		return nil // objects/ name replaced or removed under us: next run
+	}
+	// GC must not unlink an objects/ name between its link count check and
+	// its unlink while we rename another inode over it.
+	if !s.noGCLock {
+		gl, err := s.gcLock()
+		if err != nil {
+			return err
+		}
+		defer gl.Close()
+		if err := flock(gl, unix.LOCK_SH); err != nil {
+			return fmt.Errorf("objstore: gc lock: %w", err)
+		}
+	}
+	n := 0
+	replace := func(name string) error {
+		n++
+		tmp := filepath.Join(tmpSt.dir, fmt.Sprintf("link-%d", n))
+		if err := os.Link(src, tmp); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, name); err != nil {
+			os.Remove(tmp)
+			return err
+		}
 		return nil
 	}
-	names := []string{obj}
+	moved := 0
 	imgs, _ := os.ReadDir(filepath.Join(s.root, dirImages))
 	for _, e := range imgs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		d, ok := s.parseImageName(e.Name())
 		if !ok {
 			continue
 		}
 		p := filepath.Join(s.ImageDir(d), f.d.ObjectPath())
 		var sb unix.Stat_t
-		if unix.Lstat(p, &sb) != nil || sb.Ino != ours.Ino || sb.Dev != ours.Dev {
+		if unix.Lstat(p, &sb) != nil || (sb.Dev == target.Dev && sb.Ino == target.Ino) {
 			continue
 		}
-		if s.InUse(d) {
-			continue // a mounted lower layer is left alone
+		lk, ok := s.lockIdleImage(d)
+		if !ok {
+			continue // a mounted lower layer is left alone: a later run moves it
 		}
-		names = append(names, p)
+		// Under the lock: the name may have changed since the check above.
+		if unix.Lstat(p, &sb) == nil && (sb.Dev != target.Dev || sb.Ino != target.Ino) {
+			if err := replace(p); err == nil {
+				moved++
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				lk.Close()
+				return fmt.Errorf("objstore: dedup: %w", err)
+			}
+		}
+		lk.Close()
 	}
-	for _, n := range names {
-		tmp := n + ".dedup-tmp"
-		os.Remove(tmp)
-		if err := os.Link(src, tmp); err != nil {
+	if !objDone {
+		if err := replace(obj); err != nil {
 			return fmt.Errorf("objstore: dedup: %w", err)
 		}
-		if err := os.Rename(tmp, n); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("objstore: dedup: %w", err)
-		}
+		moved++
 	}
-	if hardlink {
+	switch {
+	case moved == 0:
+		res.AlreadyShared++
+	case hardlink:
 		res.Hardlinked++
 		res.HardlinkedBytes += f.st.Size
-	} else {
+	default:
 		res.Reflinked++
 		res.ReflinkedBytes += f.st.Size
 	}
 	return nil
+}
+
+// lockIdleImage takes image d's .lock exclusively, without waiting, for
+// the caller to replace names in the image's directory; it returns false
+// (and holds nothing) when the image is in use: its lock is held (a
+// MountImage holds it shared from before its mount until Unmount), its
+// directory is being removed, or the mount table names it (mounted by a
+// process that released its lock). The table is read after the lock is
+// taken: a mount that starts later must first wait for our lock. The
+// caller closes the file (dropping the lock) after its renames.
+func (s *Store) lockIdleImage(d verity.Digest) (*os.File, bool) {
+	lp := filepath.Join(s.ImageDir(d), fileLock)
+	f, err := os.OpenFile(lp, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, false
+	}
+	if flock(f, unix.LOCK_EX|unix.LOCK_NB) != nil {
+		f.Close()
+		return nil, false
+	}
+	// A removal renames the directory away before it locks: the lock must
+	// be the one still at its place.
+	var a, b unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat(lp, &b) != nil || a.Ino != b.Ino || a.Dev != b.Dev {
+		f.Close()
+		return nil, false
+	}
+	if s.mounted(d) {
+		f.Close()
+		return nil, false
+	}
+	return f, true
+}
+
+// FIEMAP (linux/fiemap.h); x/sys has no wrapper.
+const (
+	fsIocFiemap      = 0xC020660B // _IOWR('f', 11, struct fiemap)
+	fiemapFlagSync   = 0x1
+	fiemapExtentLast = 0x1
+	// Extents whose physical address does not identify their data.
+	fiemapExtentVague  = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400 // UNKNOWN DELALLOC ENCODED DATA_ENCRYPTED NOT_ALIGNED DATA_INLINE DATA_TAIL
+	fiemapExtentShared = 0x2000
+	fiemapHeader       = 32
+	fiemapExtentSize   = 56
+)
+
+type fileExtent struct {
+	logical, physical, length uint64
+	flags                     uint32
+}
+
+// fileExtents lists the data extents of f (FIEMAP with FIEMAP_FLAG_SYNC, so
+// delayed allocations are on disk first), merging physically contiguous
+// neighbours so that two files mapping the same blocks compare equal
+// however their filesystem split the mappings.
+func fileExtents(f *os.File) ([]fileExtent, error) {
+	const batch = 64
+	buf := make([]byte, fiemapHeader+fiemapExtentSize*batch)
+	ne := binary.NativeEndian
+	var out []fileExtent
+	var start uint64
+	for {
+		clear(buf)
+		ne.PutUint64(buf[0:], start)
+		ne.PutUint64(buf[8:], ^uint64(0)-start)
+		ne.PutUint32(buf[16:], fiemapFlagSync)
+		ne.PutUint32(buf[24:], batch)
+		if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
+			return nil, e
+		}
+		n := int(ne.Uint32(buf[20:]))
+		if n == 0 {
+			return out, nil
+		}
+		var e fileExtent
+		for i := range n {
+			o := fiemapHeader + fiemapExtentSize*i
+			e = fileExtent{logical: ne.Uint64(buf[o:]), physical: ne.Uint64(buf[o+8:]),
+				length: ne.Uint64(buf[o+16:]), flags: ne.Uint32(buf[o+40:])}
+			if k := len(out) - 1; k >= 0 && out[k].logical+out[k].length == e.logical &&
+				out[k].physical+out[k].length == e.physical && (out[k].flags|e.flags)&fiemapExtentVague == 0 {
+				out[k].length += e.length
+				out[k].flags |= e.flags &^ fiemapExtentLast
+				if e.flags&fiemapExtentLast != 0 {
+					out[k].flags |= fiemapExtentLast
+				}
+				continue
+			}
+			out = append(out, e)
+		}
+		if e.flags&fiemapExtentLast != 0 {
+			return out, nil
+		}
+		start = e.logical + e.length
+	}
+}
+
+// extentsShared reports whether files a and b have the same size and map
+// all their data to the same physical extents (a reflink of one another),
+// as far as FIEMAP can tell; false when it cannot.
+func extentsShared(a, b string) bool {
+	var ext [2][]fileExtent
+	var size [2]int64
+	for i, p := range []string{a, b} {
+		f, err := os.Open(p)
+		if err != nil {
+			return false
+		}
+		fi, err := f.Stat()
+		if err == nil {
+			size[i] = fi.Size()
+			ext[i], err = fileExtents(f)
+		}
+		f.Close()
+		if err != nil {
+			return false
+		}
+	}
+	if size[0] != size[1] || len(ext[0]) == 0 || len(ext[0]) != len(ext[1]) {
+		return false
+	}
+	for i, x := range ext[0] {
+		y := ext[1][i]
+		if x.flags&fiemapExtentVague != 0 || y.flags&fiemapExtentVague != 0 ||
+			x.logical != y.logical || x.physical != y.physical || x.length != y.length {
+			return false
+		}
+	}
+	return true
 }
 
 // reflinkFile clones src's extents into a new file dst (FICLONE).
