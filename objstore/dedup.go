@@ -244,29 +244,29 @@ func (s *Store) shareOne(ctx context.Context, f *dedupFile, res *DedupResult) er
 	// src is a name of the target inode.
 	src := filepath.Join(tmpSt.dir, "share")
 	objDone := ours.Dev == f.st.Dev && ours.Ino == f.st.Ino
+	linked := false
 	if objDone {
 		hardlink = true // the target is their inode
-	} else if !hardlink && extentsShared(obj, f.path) {
+	} else if hardlink {
+		err := os.Link(f.path, src)
+		switch {
+		case err == nil:
+			linked = true
+		case errors.Is(err, unix.EXDEV):
+			// Same filesystem through another mount: links cannot cross
+			// it, clones can.
+			hardlink = false
+		default:
+			return nil // removed under us: skip
+		}
+	}
+	if !objDone && !hardlink && extentsShared(obj, f.path) {
 		objDone = true // reflinked by an earlier run
 	}
 	if objDone {
 		src = obj
 	} else {
 		// We have the object: put their inode (or a clone of it) under our names.
-		linked := false
-		if hardlink {
-			err := os.Link(f.path, src)
-			switch {
-			case err == nil:
-				linked = true
-			case errors.Is(err, unix.EXDEV):
-				// Same filesystem through another mount: links cannot
-				// cross it, clones can.
-				hardlink = false
-			default:
-				return nil // removed under us: skip
-			}
-		}
 		if !linked {
 			if err := reflinkFile(f.path, src); err != nil {
 				if errors.Is(err, ErrNotSupported) {
