@@ -340,6 +340,7 @@ func (s *Store) shareOne(ctx context.Context, f *dedupFile, res *DedupResult) er
 		}
 		// Under the lock: the name may have changed since the check above.
 		if unix.Lstat(p, &sb) == nil && (sb.Dev != target.Dev || sb.Ino != target.Ino) {
+			s.crashPoint("dedup.image-locked")
 			if err := replace(p); err == nil {
 				moved++
 			} else if !errors.Is(err, fs.ErrNotExist) {

@@ -12,6 +12,7 @@ import (
 	ctypes "go.podman.io/storage/types"
 	"golang.org/x/sys/unix"
 
+	"github.com/twinroot/twinroot/erofs"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -183,4 +184,150 @@ func TestDedupOtherFilesystem(t *testing.T) {
 		t.Errorf("cross-filesystem dedup: %+v, want 1 not shareable", res)
 	}
 	mustFsckClean(t, s)
+}
+
+// An image in use keeps its names: while its .lock is held shared (as
+// MountImage holds it), or while the mount table names it after its lock
+// was released, Dedup leaves its directory alone and moves only objects/
+// and idle images; a run after it is free moves its names too.
+func TestDedupSkipsImageInUse(t *testing.T) {
+	ctx := context.Background()
+	base := t.TempDir()
+	graph, run := filepath.Join(base, "graph"), filepath.Join(base, "run")
+	x := content(21, 40000)
+	_, layerDir := vfsLayer(t, graph, run, map[string][]byte{"usr/x": x})
+	theirs := filepath.Join(layerDir, "usr", "x")
+	// Each time Dedup is about to rename over an image's name, some image
+	// lock must be impossible to take shared (as MountImage would): the one
+	// Dedup holds from its in-use check until after the rename.
+	var renames, unguarded int
+	root := filepath.Join(base, "store")
+	hook := func(point string) {
+		if point != "dedup.image-locked" {
+			return
+		}
+		renames++
+		ents, _ := os.ReadDir(filepath.Join(root, dirImages))
+		for _, e := range ents {
+			f, err := os.Open(filepath.Join(root, dirImages, e.Name(), fileLock))
+			if err != nil {
+				continue
+			}
+			err = unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+			f.Close()
+			if err != nil {
+				return
+			}
+		}
+		unguarded++
+	}
+	s, err := Open(ctx, root, Options{Create: true, crash: hook}) // same filesystem as the graph root
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	busy := importTree(t, s, map[string][]byte{"x": x, "a": content(22, 5000)})
+	idle := importTree(t, s, map[string][]byte{"x": x, "b": content(23, 6000)})
+	dx := verity.DigestBytes(x, verity.SHA256)
+	busyName := filepath.Join(s.ImageDir(busy.Digest), dx.ObjectPath())
+	idleName := filepath.Join(s.ImageDir(idle.Digest), dx.ObjectPath())
+	ours := stat(t, busyName)
+	opts := DedupOptions{GraphRoot: graph, RunRoot: run, Driver: "vfs"}
+	dedup := func(step string) DedupResult {
+		t.Helper()
+		res, err := s.Dedup(ctx, opts)
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		t.Logf("%s: %+v", step, res)
+		return res
+	}
+	is := func(p string, want unix.Stat_t) bool {
+		st := stat(t, p)
+		return st.Dev == want.Dev && st.Ino == want.Ino
+	}
+
+	// 1. The busy image's lock is held shared.
+	lk, err := os.Open(filepath.Join(s.ImageDir(busy.Digest), fileLock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(lk.Fd()), unix.LOCK_SH); err != nil {
+		t.Fatal(err)
+	}
+	res := dedup("lock held")
+	th := stat(t, theirs)
+	if res.Hardlinked != 1 {
+		t.Errorf("lock held: want 1 hardlinked, got %+v", res)
+	}
+	if !is(busyName, ours) {
+		t.Error("lock held: the busy image's name was replaced")
+	}
+	if !is(idleName, th) || !is(s.ObjectPath(dx), th) {
+		t.Error("lock held: objects/ or the idle image not moved to their inode")
+	}
+	// Dedup dropped every image lock it took.
+	lk.Close()
+	for _, d := range []verity.Digest{busy.Digest, idle.Digest} {
+		f, err := os.Open(filepath.Join(s.ImageDir(d), fileLock))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			t.Errorf("image %s still locked after Dedup: %v", d, err)
+		}
+		f.Close()
+	}
+
+	// 2. Mounted, lock released: the mount table keeps it in use.
+	mnt := t.TempDir()
+	m, err := s.MountImage(ctx, busy.Digest, mnt, erofs.MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mounted := true
+	defer func() {
+		if mounted {
+			m.Unmount()
+		}
+	}()
+	m.Release()
+	res = dedup("mounted")
+	if res.AlreadyShared != 1 || res.Hardlinked != 0 {
+		t.Errorf("mounted: want 1 already shared, got %+v", res)
+	}
+	if !is(busyName, ours) {
+		t.Error("mounted: the busy image's name was replaced")
+	}
+	if got, err := os.ReadFile(filepath.Join(mnt, "x")); err != nil || !bytes.Equal(got, x) {
+		t.Errorf("reading through the mount: %v", err)
+	}
+	if err := erofs.Unmount(mnt); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+
+	// 3. Free: its name moves too, although objects/ is already shared.
+	res = dedup("free")
+	if res.Hardlinked != 1 {
+		t.Errorf("free: want 1 hardlinked, got %+v", res)
+	}
+	if !is(busyName, th) {
+		t.Error("free: the image's name was not moved")
+	}
+	if o := stat(t, theirs); o.Nlink != 4 {
+		t.Errorf("their inode has %d links, want 4 (theirs, objects/, two images)", o.Nlink)
+	}
+	mustFsckClean(t, s)
+	res = dedup("again")
+	if res.AlreadyShared != 1 || res.Hardlinked != 0 {
+		t.Errorf("again: want 1 already shared, got %+v", res)
+	}
+	if renames != 2 || unguarded != 0 {
+		t.Errorf("%d image renames, %d of them without the image's lock held", renames, unguarded)
+	}
+	// Nothing left in tmp/ by the renames.
+	if ents, _ := os.ReadDir(filepath.Join(s.Root(), dirTmp)); len(ents) != 0 {
+		t.Errorf("tmp/ not empty: %v", ents)
+	}
 }
