@@ -3,16 +3,20 @@ package objstore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	cstorage "go.podman.io/storage"
 	ctypes "go.podman.io/storage/types"
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
+	"github.com/twinroot/twinroot/internal/vmtest"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -232,4 +236,155 @@ func assertExtentsShared(t *testing.T, a, b string) {
 	if !extentsShared(a, b) {
 		t.Errorf("extentsShared(%s, %s) = false", a, b)
 	}
+}
+
+// envBtrfsModules lists, in load order, the guest paths of the modules
+// TestDedupReflinkVerityVM passes in for btrfs (not in vmtest's base set).
+const envBtrfsModules = "OBJSTORE_BTRFS_MODULES"
+
+// Reflink and fs-verity together, which the host lacks: in the guest kernel
+// (fs-verity built in), on btrfs (reflink and fs-verity), the clones Dedup
+// links into the store must be sealed so a verity=require mount reads them.
+// The btrfs filesystem is made on the host; its modules come from the
+// guest kernel's package that vmtest keeps in its cache.
+func TestDedupReflinkVerityVM(t *testing.T) {
+	if !vmtest.InGuest() {
+		mkfs, err := exec.LookPath("mkfs.btrfs")
+		if err != nil {
+			t.Skip("mkfs.btrfs not installed (btrfs-progs; make deps)")
+		}
+		mods, files := btrfsModules(t)
+		img := filepath.Join(t.TempDir(), "btrfs.img")
+		if err := os.WriteFile(img, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(img, 256<<20); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(mkfs, "-q", img).CombinedOutput(); err != nil {
+			t.Fatalf("mkfs.btrfs: %v\n%s", err, out)
+		}
+		vmtest.RunTestInGuest(t, vmtest.Config{
+			Disks:     []vmtest.Disk{{Image: img}},
+			Files:     files,
+			Env:       []string{envBtrfsModules + "=" + strings.Join(mods, ":")},
+			MemoryMiB: 1024,
+			Timeout:   300 * time.Second,
+		})
+		return
+	}
+	for _, m := range strings.Split(os.Getenv(envBtrfsModules), ":") {
+		f, err := os.Open(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && err != unix.EEXIST {
+			t.Fatalf("loading %s: %v", m, err)
+		}
+	}
+	whole, other := "/mnt/btrfs", "/mnt/other"
+	for _, d := range []string{whole, other} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount(vmtest.DiskDevice(0), whole, "btrfs", 0, ""); err != nil {
+		t.Fatalf("mounting btrfs: %v", err)
+	}
+	sub := filepath.Join(whole, "other")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(sub, other, "", unix.MS_BIND, ""); err != nil {
+		t.Fatalf("bind mount: %v", err)
+	}
+	s, err := Open(context.Background(), filepath.Join(whole, "store"), Options{Create: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.VeritySupported() {
+		t.Fatal("no fs-verity on btrfs in the guest: the test would not exercise sealing")
+	}
+	testReflinkDedup(t, s, filepath.Join(other, "graph"), filepath.Join(t.TempDir(), "run"))
+}
+
+// btrfsModules unpacks the guest kernel's package from vmtest's cache and
+// returns the btrfs module and its dependencies (modprobe --show-depends
+// order, decompressed) as guest paths and files for the initramfs.
+func btrfsModules(t *testing.T) ([]string, []vmtest.File) {
+	t.Helper()
+	k, err := vmtest.Prepare(t.Context())
+	if err != nil {
+		t.Skipf("no guest kernel: %v", err)
+	}
+	debs, _ := filepath.Glob(filepath.Join(filepath.Dir(k.Dir), "debs", "linux-image-"+k.Version+"_*.deb"))
+	if len(debs) == 0 {
+		t.Skipf("the guest kernel's package is not in %s/debs (vmtest cache layout changed?)", filepath.Dir(k.Dir))
+	}
+	for _, tool := range []string{"dpkg-deb", "depmod", "modprobe", "xz"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+	work := t.TempDir()
+	root := filepath.Join(work, "root")
+	run := func(name string, args ...string) string {
+		t.Helper()
+		out, err := exec.Command(name, args...).Output()
+		if err != nil {
+			t.Fatalf("%s %v: %v", name, args, err)
+		}
+		return string(out)
+	}
+	run("dpkg-deb", "-x", debs[len(debs)-1], root)
+	var moddir string
+	for _, d := range []string{"usr/lib/modules", "lib/modules"} {
+		if p := filepath.Join(root, d, k.Version); dirExists(p) {
+			moddir = p
+		}
+	}
+	if moddir == "" {
+		t.Fatalf("no modules for %s in %s", k.Version, debs[len(debs)-1])
+	}
+	base := filepath.Join(work, "base")
+	if err := os.MkdirAll(filepath.Join(base, "lib", "modules"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(moddir, filepath.Join(base, "lib", "modules", k.Version)); err != nil {
+		t.Fatal(err)
+	}
+	run("depmod", "-b", base, k.Version)
+	var mods []string
+	var files []vmtest.File
+	for _, line := range strings.Split(run("modprobe", "-d", base, "-S", k.Version, "--show-depends", "btrfs"), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "insmod" {
+			continue
+		}
+		name := strings.TrimSuffix(filepath.Base(f[1]), ".xz")
+		host := filepath.Join(work, fmt.Sprintf("%02d-%s", len(mods), name))
+		if strings.HasSuffix(f[1], ".xz") {
+			out := run("xz", "-dc", f[1])
+			if err := os.WriteFile(host, []byte(out), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		} else if out, err := os.ReadFile(f[1]); err != nil || os.WriteFile(host, out, 0o644) != nil {
+			t.Fatalf("copying %s: %v", f[1], err)
+		}
+		guest := "/lib/modules/dedup/" + filepath.Base(host)
+		mods = append(mods, guest)
+		files = append(files, vmtest.File{Host: host, Guest: guest})
+	}
+	if len(mods) == 0 || !strings.HasPrefix(filepath.Base(mods[len(mods)-1]), fmt.Sprintf("%02d-btrfs.ko", len(mods)-1)) {
+		t.Fatalf("no btrfs module in %s: %v", k.Version, mods)
+	}
+	return mods, files
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
 }
