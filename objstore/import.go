@@ -88,29 +88,86 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	var cmu sync.Mutex
 	newCache := make(importCache, len(oldCache))
 	w := &treeWalker{g: g, ctx: gctx, multi: map[inodeKey][]*erofs.Node{}}
-	w.file = func(n *erofs.Node, path string, sb *unix.Stat_t) error {
-		files.Add(1)
-		key := keyOf(sb)
+	progress := func(n int, b int64) {
+		bt := bytes.Add(b)
+		c := done.Add(int64(n))
+		if opts.Progress != nil {
+			opts.Progress(Progress{Op: "import", Done: c, Total: files.Load(), Bytes: bt})
+		}
+	}
+	// read stores a file by reading it: on its own task, since it waits
+	// for the disk.
+	read := func(f cachedFile) error {
 		return w.spawn(func() error {
-			d, new, err := s.importFile(gctx, st, path, int64(n.Size), oldCache[key])
+			xs, err := readXattrs(f.path)
+			if err != nil {
+				return fmt.Errorf("objstore: import: %s: %w", f.path, err)
+			}
+			n := f.node
+			n.Xattrs = xs
+			d, new, err := s.importFile(gctx, st, f.path, int64(n.Size))
 			if err != nil {
 				return err
 			}
-			cmu.Lock()
-			newCache[key] = d
-			cmu.Unlock()
-			n.Digest = d
-			n.Payload = d.ObjectPath()
+			n.Digest, n.Payload = d, d.ObjectPath()
 			if new {
 				added.Add(1)
 			}
-			b := bytes.Add(int64(n.Size))
-			c := done.Add(1)
-			if opts.Progress != nil {
-				opts.Progress(Progress{Op: "import", Done: c, Total: files.Load(), Bytes: b})
-			}
+			cmu.Lock()
+			newCache[f.key] = cacheEntry{digest: d, xattrs: xs}
+			cmu.Unlock()
+			progress(1, int64(n.Size))
 			return nil
 		})
+	}
+	w.file = func(b *dirBatch, n *erofs.Node, path string, sb *unix.Stat_t) error {
+		files.Add(1)
+		f := cachedFile{node: n, path: path, key: keyOf(sb)}
+		// A file the cache knows (by its ctime too, which every write and
+		// every xattr change moves) is linked with the other known files of
+		// its directory, without a read or an xattr syscall.
+		if e, ok := oldCache[f.key]; ok && e.digest.Algorithm() == s.alg {
+			f.entry = e
+			b.files = append(b.files, f)
+			return nil
+		}
+		return read(f)
+	}
+	w.flush = func(b *dirBatch) error {
+		if len(b.files) == 0 {
+			return nil
+		}
+		ds := make([]verity.Digest, len(b.files))
+		sizes := make([]int64, len(b.files))
+		for i, f := range b.files {
+			ds[i], sizes[i] = f.entry.digest, int64(f.node.Size)
+		}
+		found, err := st.LinkObjects(gctx, ds, sizes)
+		if err != nil {
+			return err
+		}
+		var nb int64
+		linked := 0
+		cmu.Lock()
+		for i, f := range b.files {
+			if found[i] {
+				n := f.node
+				n.Digest, n.Payload, n.Xattrs = f.entry.digest, f.entry.digest.ObjectPath(), f.entry.xattrs
+				newCache[f.key] = f.entry
+				nb += int64(n.Size)
+				linked++
+			}
+		}
+		cmu.Unlock()
+		progress(linked, nb)
+		for i, f := range b.files {
+			if !found[i] { // gc deleted the object since: read the file
+				if err := read(f); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
 	}
 	var root *erofs.Node
 	g.Go(func() error {
@@ -127,16 +184,25 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	if meta.Source == "" {
 		meta.Source = "import:" + abs
 	}
-	// The cache is saved before Commit, whose syncfs makes it durable. If
-	// the commit fails, the digests it names that are not in objects/ fail
-	// to link at the next import, which then reads those files.
-	if cachePath != "" {
+	// The cache is written while Commit runs. It needs no barrier of its
+	// own: a power cut may leave the previous cache, which is still correct
+	// (its keys include ctime), or a torn file, which fails its checksum
+	// and is ignored; if the commit fails, the digests it names that are
+	// not in objects/ fail to link at the next import, which then reads
+	// those files.
+	cacheDone := make(chan struct{})
+	go func() {
+		defer close(cacheDone)
+		if cachePath == "" {
+			return
+		}
 		if err := writeImportCache(cachePath, s.alg, newCache); err != nil {
 			s.log.Warn("saving import cache", "err", err)
 		}
 		os.Remove(strings.TrimSuffix(cachePath, ".cache") + ".json") // format before v1
-	}
+	}()
 	d, err := st.Commit(ctx, root, meta)
+	<-cacheDone
 	if err != nil {
 		return res, err
 	}
@@ -144,16 +210,8 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 	return res, nil
 }
 
-// importFile stores one file. When the import cache knows the file (same
-// device, inode, size, mtime and ctime as at the last import of this
-// directory) and objects/ still holds its digest, the object is linked
-// without reading the file; otherwise its content is streamed.
-func (s *Store) importFile(ctx context.Context, st *Staging, path string, size int64, cached verity.Digest) (verity.Digest, bool, error) {
-	if !cached.IsZero() && cached.Algorithm() == s.alg {
-		if err := st.linkObject(ctx, cached, size); err == nil {
-			return cached, false, nil
-		}
-	}
+// importFile streams one file's content into the staging.
+func (s *Store) importFile(ctx context.Context, st *Staging, path string, size int64) (verity.Digest, bool, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return verity.Digest{}, false, fmt.Errorf("objstore: import: %w", err)
@@ -179,43 +237,69 @@ func keyOf(sb *unix.Stat_t) importKey {
 		mtime: sb.Mtim.Sec, mnsec: sb.Mtim.Nsec, ctime: sb.Ctim.Sec, cnsec: sb.Ctim.Nsec}
 }
 
-// importCache maps a source file's identity to its content's digest.
-type importCache map[importKey]verity.Digest
+// importCache maps a source file's identity to its content's digest and
+// its extended attributes, as found at the last import.
+type importCache map[importKey]cacheEntry
 
-// importCacheMagic starts an import cache file (format version 1): magic,
-// algorithm (1 byte), record count (uint64), records of 7 × uint64 key
-// fields and the digest bytes, then the SHA-256 of everything before it.
-// All integers are little-endian.
-const importCacheMagic = "twinroot-import-cache-1\n"
+// cacheEntry is what the import cache knows of a file.
+type cacheEntry struct {
+	digest verity.Digest
+	xattrs []erofs.Xattr
+}
+
+// importCacheMagic starts an import cache file (format version 2): magic,
+// algorithm (1 byte), record count (uint64), records, then the SHA-256 of
+// everything before it. A record is 7 × uint64 key fields, the digest
+// bytes, an xattr count (uint16) and per xattr a name length (uint16), the
+// name, a value length (uint32) and the value. Integers are little-endian.
+const importCacheMagic = "twinroot-import-cache-2\n"
 
 const importKeySize = 7 * 8
 
 // errBadImportCache: the import cache file is not one this store wrote.
 var errBadImportCache = errors.New("objstore: unusable import cache")
 
-// encodeImportCache serialises c for a store using alg.
+// encodeImportCache serialises c for a store using alg. Entries of another
+// algorithm, or with xattrs the format cannot hold, are left out (their
+// files are read at the next import).
 func encodeImportCache(alg verity.Algorithm, c importCache) []byte {
-	rec := importKeySize + alg.Size()
-	b := make([]byte, 0, len(importCacheMagic)+1+8+len(c)*rec+sha256.Size)
+	b := make([]byte, 0, len(importCacheMagic)+1+8+len(c)*(importKeySize+alg.Size()+2)+sha256.Size)
 	b = append(b, importCacheMagic...)
 	b = append(b, byte(alg))
-	b = binary.LittleEndian.AppendUint64(b, uint64(len(c)))
-	for k, d := range c {
-		if d.Algorithm() != alg {
-			continue // not possible: every digest comes from the store
+	nAt := len(b)
+	b = binary.LittleEndian.AppendUint64(b, 0)
+	var n uint64
+records:
+	for k, e := range c {
+		if e.digest.Algorithm() != alg || len(e.xattrs) > 0xffff {
+			continue
+		}
+		for _, x := range e.xattrs {
+			if len(x.Name) > 0xffff || uint64(len(x.Value)) > 0xffffffff {
+				continue records
+			}
 		}
 		for _, v := range [7]uint64{k.dev, k.ino, uint64(k.size), uint64(k.mtime), uint64(k.mnsec), uint64(k.ctime), uint64(k.cnsec)} {
 			b = binary.LittleEndian.AppendUint64(b, v)
 		}
-		b = append(b, d.Bytes()...)
+		b = append(b, e.digest.Bytes()...)
+		b = binary.LittleEndian.AppendUint16(b, uint16(len(e.xattrs)))
+		for _, x := range e.xattrs {
+			b = binary.LittleEndian.AppendUint16(b, uint16(len(x.Name)))
+			b = append(b, x.Name...)
+			b = binary.LittleEndian.AppendUint32(b, uint32(len(x.Value)))
+			b = append(b, x.Value...)
+		}
+		n++
 	}
+	binary.LittleEndian.PutUint64(b[nAt:], n)
 	sum := sha256.Sum256(b)
 	return append(b, sum[:]...)
 }
 
 // decodeImportCache parses an import cache file written for alg. Anything
-// else (another algorithm, a torn or damaged file) is an error, and the
-// caller starts with an empty cache.
+// else (another algorithm or format, a torn or damaged file) is an error,
+// and the caller starts with an empty cache.
 func decodeImportCache(alg verity.Algorithm, b []byte) (importCache, error) {
 	head := len(importCacheMagic) + 1 + 8
 	if len(b) < head+sha256.Size || string(b[:len(importCacheMagic)]) != importCacheMagic {
@@ -229,23 +313,56 @@ func decodeImportCache(alg verity.Algorithm, b []byte) (importCache, error) {
 		return nil, errBadImportCache
 	}
 	n := binary.LittleEndian.Uint64(body[len(importCacheMagic)+1:])
-	rec := uint64(importKeySize + alg.Size())
-	recs := body[head:]
-	if n > uint64(len(recs))/rec || n*rec != uint64(len(recs)) {
+	r := body[head:]
+	if n > uint64(len(r))/uint64(importKeySize+alg.Size()+2) {
 		return nil, errBadImportCache
 	}
+	// take returns the next k bytes of r, or nil when r is too short.
+	take := func(k int) []byte {
+		if k > len(r) {
+			return nil
+		}
+		p := r[:k:k]
+		r = r[k:]
+		return p
+	}
 	c := make(importCache, n)
-	for len(recs) > 0 {
+	for range n {
+		kb := take(importKeySize)
+		db := take(alg.Size())
+		cb := take(2)
+		if cb == nil {
+			return nil, errBadImportCache
+		}
 		var v [7]uint64
 		for i := range v {
-			v[i] = binary.LittleEndian.Uint64(recs[i*8:])
+			v[i] = binary.LittleEndian.Uint64(kb[i*8:])
 		}
-		d, err := verity.NewDigest(alg, recs[importKeySize:rec])
+		d, err := verity.NewDigest(alg, db)
 		if err != nil {
-			return nil, err
+			return nil, errBadImportCache
 		}
-		c[importKey{dev: v[0], ino: v[1], size: int64(v[2]), mtime: int64(v[3]), mnsec: int64(v[4]), ctime: int64(v[5]), cnsec: int64(v[6])}] = d
-		recs = recs[rec:]
+		e := cacheEntry{digest: d}
+		for range binary.LittleEndian.Uint16(cb) {
+			nl := take(2)
+			if nl == nil {
+				return nil, errBadImportCache
+			}
+			name := take(int(binary.LittleEndian.Uint16(nl)))
+			vl := take(4)
+			if name == nil || vl == nil {
+				return nil, errBadImportCache
+			}
+			val := take(int(binary.LittleEndian.Uint32(vl)))
+			if val == nil {
+				return nil, errBadImportCache
+			}
+			e.xattrs = append(e.xattrs, erofs.Xattr{Name: string(name), Value: append([]byte{}, val...)})
+		}
+		c[importKey{dev: v[0], ino: v[1], size: int64(v[2]), mtime: int64(v[3]), mnsec: int64(v[4]), ctime: int64(v[5]), cnsec: int64(v[6])}] = e
+	}
+	if len(r) != 0 {
+		return nil, errBadImportCache
 	}
 	return c, nil
 }
@@ -273,9 +390,7 @@ func loadImportCache(path string, alg verity.Algorithm) importCache {
 }
 
 // writeImportCache replaces the cache at path: a temporary file renamed
-// into place, without fsync (the caller's commit syncs the filesystem). A
-// power cut may leave the previous cache, which is still correct (its keys
-// include ctime), or a torn file, which fails its checksum and is ignored.
+// into place, without fsync (see ImportDir for why a cache needs none).
 func writeImportCache(path string, alg verity.Algorithm, c importCache) error {
 	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path)+"-")
 	if err != nil {
@@ -298,12 +413,28 @@ func writeImportCache(path string, alg verity.Algorithm, c importCache) error {
 // that a task never waits for a slot while holding one), each adding only
 // its own directory's children.
 type treeWalker struct {
-	g    *errgroup.Group
-	ctx  context.Context
-	file func(n *erofs.Node, path string, sb *unix.Stat_t) error // a regular file to store as an object
+	g     *errgroup.Group
+	ctx   context.Context
+	file  func(b *dirBatch, n *erofs.Node, path string, sb *unix.Stat_t) error // a regular file to store as an object
+	flush func(b *dirBatch) error                                              // after each directory's entries
 
 	mu    sync.Mutex
 	multi map[inodeKey][]*erofs.Node // non-directories with several names
+}
+
+// dirBatch collects, while one directory is read, the files to store
+// together when its entries are done.
+type dirBatch struct {
+	files []cachedFile
+}
+
+// cachedFile is a file to store, with its import cache entry when the
+// cache knows it.
+type cachedFile struct {
+	node  *erofs.Node
+	path  string
+	key   importKey
+	entry cacheEntry
 }
 
 // spawn runs f as a task, or inline when every slot is taken.
@@ -320,7 +451,7 @@ func (w *treeWalker) build(dir string) (*erofs.Node, error) {
 		return nil, fmt.Errorf("objstore: import: %s: %w", dir, err)
 	}
 	root := erofs.NewRoot(sb.Mode & 0o7777)
-	if err := w.fill(root, dir, &sb); err != nil {
+	if err := w.fill(nil, root, dir, &sb); err != nil {
 		return nil, err
 	}
 	return root, w.dir(root, dir)
@@ -330,22 +461,30 @@ func (w *treeWalker) dir(parent *erofs.Node, dir string) error {
 	if err := w.ctx.Err(); err != nil {
 		return err
 	}
-	names, err := readNames(dir)
+	f, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("objstore: import: %w", err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
 	if err != nil {
 		return fmt.Errorf("objstore: import: %w", err)
 	}
 	sort.Strings(names)
+	fd := int(f.Fd())
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	b := &dirBatch{}
 	for _, name := range names {
-		p := filepath.Join(dir, name)
+		p := prefix + name
 		var sb unix.Stat_t
-		if err := unix.Lstat(p, &sb); err != nil {
+		if err := unix.Fstatat(fd, name, &sb, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("objstore: import: %s: %w", p, err)
 		}
 		n := &erofs.Node{Name: name}
 		if err := parent.AddChild(n); err != nil {
 			return fmt.Errorf("objstore: import: %s: %w", p, err)
 		}
-		if err := w.fill(n, p, &sb); err != nil {
+		if err := w.fill(b, n, p, &sb); err != nil {
 			return err
 		}
 		if n.IsDir() {
@@ -354,7 +493,7 @@ func (w *treeWalker) dir(parent *erofs.Node, dir string) error {
 			}
 		}
 	}
-	return nil
+	return w.flush(b)
 }
 
 // fixHardlinks makes, for each inode with several names, the first name
@@ -396,7 +535,7 @@ func (w *treeWalker) fixHardlinks(root *erofs.Node) {
 
 // fill sets a node's inode from lstat data, reading symlink targets,
 // xattrs and small file contents, and handing larger files to w.file.
-func (w *treeWalker) fill(n *erofs.Node, p string, sb *unix.Stat_t) error {
+func (w *treeWalker) fill(b *dirBatch, n *erofs.Node, p string, sb *unix.Stat_t) error {
 	dup := false
 	if sb.Mode&unix.S_IFMT != unix.S_IFDIR && sb.Nlink > 1 {
 		key := inodeKey{sb.Dev, sb.Ino}
@@ -409,11 +548,15 @@ func (w *treeWalker) fill(n *erofs.Node, p string, sb *unix.Stat_t) error {
 	n.Nlink = 1
 	n.UID, n.GID = sb.Uid, sb.Gid
 	n.Mtime = erofs.Timespec{Sec: sb.Mtim.Sec, Nsec: uint32(sb.Mtim.Nsec)}
-	xs, err := readXattrs(p)
-	if err != nil {
-		return fmt.Errorf("objstore: import: %s: %w", p, err)
+	if sb.Mode&unix.S_IFMT != unix.S_IFREG || sb.Size <= InlineMax || dup {
+		// w.file reads the xattrs of the files it stores (or takes them
+		// from the import cache).
+		xs, err := readXattrs(p)
+		if err != nil {
+			return fmt.Errorf("objstore: import: %s: %w", p, err)
+		}
+		n.Xattrs = xs
 	}
-	n.Xattrs = xs
 	switch sb.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		n.Nlink = 2
@@ -443,7 +586,7 @@ func (w *treeWalker) fill(n *erofs.Node, p string, sb *unix.Stat_t) error {
 			if dup {
 				return nil // the content is stored once, for the first name found
 			}
-			return w.file(n, p, sb)
+			return w.file(b, n, p, sb)
 		}
 	}
 	return nil

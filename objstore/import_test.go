@@ -1,19 +1,33 @@
 package objstore
 
 import (
+	"crypto/sha256"
 	"errors"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 
+	"github.com/twinroot/twinroot/erofs"
 	"github.com/twinroot/twinroot/verity"
 )
+
+// xattrStrings is xs as comparable strings (nil and empty alike).
+func xattrStrings(xs []erofs.Xattr) []string {
+	var out []string
+	for _, x := range xs {
+		out = append(out, x.Name+"="+string(x.Value))
+	}
+	return out
+}
 
 // The import cache file round-trips, and every damaged or foreign file is
 // rejected (never a wrong digest for a key).
 func TestImportCacheEncoding(t *testing.T) {
 	c := importCache{
-		{dev: 1, ino: 2, size: 3, mtime: 4, mnsec: 5, ctime: 6, cnsec: 7}:           verity.DigestBytes([]byte("a"), verity.SHA256),
-		{dev: 1, ino: 9, size: -1, mtime: -4, mnsec: 999999999, ctime: 0, cnsec: 0}: verity.DigestBytes([]byte("b"), verity.SHA256),
+		{dev: 1, ino: 2, size: 3, mtime: 4, mnsec: 5, ctime: 6, cnsec: 7}: {digest: verity.DigestBytes([]byte("a"), verity.SHA256)},
+		{dev: 1, ino: 9, size: -1, mtime: -4, mnsec: 999999999, ctime: 0, cnsec: 0}: {digest: verity.DigestBytes([]byte("b"), verity.SHA256),
+			xattrs: []erofs.Xattr{{Name: "security.selinux", Value: []byte("system_u:object_r:bin_t:s0\x00")}, {Name: "user.empty"}}},
 	}
 	good := encodeImportCache(verity.SHA256, c)
 	got, err := decodeImportCache(verity.SHA256, good)
@@ -23,13 +37,21 @@ func TestImportCacheEncoding(t *testing.T) {
 	if len(got) != len(c) {
 		t.Fatalf("decoded %d entries, want %d", len(got), len(c))
 	}
-	for k, d := range c {
-		if got[k] != d {
-			t.Errorf("key %+v: %v, want %v", k, got[k], d)
+	for k, e := range c {
+		if got[k].digest != e.digest || !reflect.DeepEqual(xattrStrings(got[k].xattrs), xattrStrings(e.xattrs)) {
+			t.Errorf("key %+v: %+v, want %+v", k, got[k], e)
 		}
 	}
 	if e, err := decodeImportCache(verity.SHA256, encodeImportCache(verity.SHA256, importCache{})); err != nil || len(e) != 0 {
 		t.Errorf("empty cache: %v, %d entries", err, len(e))
+	}
+	// resum damages a copy of good with f, then fixes its checksum, so
+	// that only the parser can notice.
+	resum := func(f func([]byte)) []byte {
+		b := append([]byte(nil), good[:len(good)-sha256.Size]...)
+		f(b)
+		sum := sha256.Sum256(b)
+		return append(b, sum[:]...)
 	}
 	flip := func(i int) []byte {
 		b := append([]byte(nil), good...)
@@ -44,6 +66,12 @@ func TestImportCacheEncoding(t *testing.T) {
 		{"empty file", verity.SHA256, nil},
 		{"old JSON format", verity.SHA256, []byte(`{"1:2:3:4.5:6.7":"00"}`)},
 		{"torn", verity.SHA256, good[:len(good)-40]},
+		{"version 1", verity.SHA256, append([]byte("twinroot-import-cache-1\n"), good[len(importCacheMagic):]...)},
+		{"record count too high", verity.SHA256, resum(func(b []byte) { b[len(importCacheMagic)+1]++ })},
+		{"xattr length past the end", verity.SHA256, resum(func(b []byte) {
+			i := strings.Index(string(b), "security.selinux")
+			b[i-2] = 0xff
+		})},
 		{"flipped magic", verity.SHA256, flip(0)},
 		{"flipped record", verity.SHA256, flip(len(importCacheMagic) + 9 + 3)},
 		{"flipped checksum", verity.SHA256, flip(len(good) - 1)},
@@ -64,4 +92,21 @@ func TestImportCacheEncoding(t *testing.T) {
 	if got := loadImportCache(p, verity.SHA512); len(got) != 0 {
 		t.Errorf("loaded %d entries for another algorithm", len(got))
 	}
+}
+
+// FuzzImportCache: any bytes either decode into a cache that encodes back
+// to the same bytes, or are rejected; never a panic.
+func FuzzImportCache(f *testing.F) {
+	f.Add(encodeImportCache(verity.SHA256, importCache{
+		{dev: 1, ino: 2}: {digest: verity.DigestBytes([]byte("a"), verity.SHA256), xattrs: []erofs.Xattr{{Name: "user.a", Value: []byte("v")}}},
+	}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := decodeImportCache(verity.SHA256, b)
+		if err != nil {
+			return
+		}
+		if _, err := decodeImportCache(verity.SHA256, encodeImportCache(verity.SHA256, c)); err != nil {
+			t.Fatalf("re-encoded cache does not decode: %v", err)
+		}
+	})
 }

@@ -51,10 +51,13 @@ type Staging struct {
 	lockf  *os.File // tmp/<name>.lock, LOCK_EX
 	gcf    *os.File // own description of gc.lock, for shared locks
 	lmu    sync.Mutex
-	lcount int // workers inside lockShared
+	lcount int         // workers inside lockShared
+	lheld  bool        // gcf holds LOCK_SH
+	lspent bool        // held for gcLockHold: drop when lcount is 0
+	ltimer *time.Timer // marks the lock spent
 
 	mu      sync.Mutex
-	fanout  map[string]bool
+	dirs    fanoutDirs
 	staged  map[verity.Digest]int64 // everything in dir, with its size
 	pending map[verity.Digest]bool  // new content, not yet in objects/
 	done    bool
@@ -93,7 +96,7 @@ func (s *Store) newStagingDir() (*Staging, error) {
 			return nil, fmt.Errorf("objstore: creating staging directory: %w", err)
 		}
 		return &Staging{s: s, name: name, dir: dir, lockf: f,
-			fanout: map[string]bool{}, staged: map[verity.Digest]int64{}, pending: map[verity.Digest]bool{}}, nil
+			staged: map[verity.Digest]int64{}, pending: map[verity.Digest]bool{}}, nil
 	}
 	return nil, fmt.Errorf("objstore: cannot create a staging directory in %s", tmp)
 }
@@ -101,6 +104,13 @@ func (s *Store) newStagingDir() (*Staging, error) {
 // remove deletes the staging directory, then its lock file, then releases
 // the lock (a cleaner that sees the lock file can always lock it or skip).
 func (st *Staging) remove() error {
+	st.lmu.Lock()
+	if st.ltimer != nil {
+		st.ltimer.Stop()
+	}
+	st.lheld = false // closing gcf below drops the lock
+	st.lmu.Unlock()
+	st.dirs.close()
 	err := os.RemoveAll(st.dir)
 	if e := os.Remove(st.dir + ".lock"); e != nil && !errors.Is(e, fs.ErrNotExist) && err == nil {
 		err = e
@@ -138,19 +148,30 @@ func (s *Store) NewStaging(ctx context.Context) (*Staging, error) {
 // Dir returns the staging directory (the image's future reference dir).
 func (st *Staging) Dir() string { return st.dir }
 
+// gcLockHold is how long a staging keeps the shared gc lock once taken,
+// so that a run of links costs two flock calls, not two per link; gc waits
+// at most this long (plus the links in flight) for a busy importer.
+const gcLockHold = 50 * time.Millisecond
+
 // lockShared takes the shared gc lock for one link operation. flock locks
 // belong to the open file description, which the staging's workers share:
-// a count makes the first of them lock and the last unlock, so that no
-// worker's unlock drops the lock under another one's link.
+// a count keeps the lock while any of them links, and the lock is dropped
+// when none does and gcLockHold has passed since it was taken.
 func (st *Staging) lockShared() error {
 	if st.s.noGCLock {
 		return nil
 	}
 	st.lmu.Lock()
 	defer st.lmu.Unlock()
-	if st.lcount == 0 {
+	if !st.lheld {
 		if err := flock(st.gcf, unix.LOCK_SH); err != nil {
 			return err
+		}
+		st.lheld, st.lspent = true, false
+		if st.ltimer == nil {
+			st.ltimer = time.AfterFunc(gcLockHold, st.spendLock)
+		} else {
+			st.ltimer.Reset(gcLockHold)
 		}
 	}
 	st.lcount++
@@ -164,22 +185,92 @@ func (st *Staging) unlock() {
 	st.lmu.Lock()
 	defer st.lmu.Unlock()
 	st.lcount--
-	if st.lcount == 0 {
-		_ = flock(st.gcf, unix.LOCK_UN)
+	if st.lcount == 0 && st.lspent {
+		st.dropLock()
 	}
 }
 
-// mkfanout creates STAGING/xx once. Call with st.mu held.
-func (st *Staging) mkfanout(d verity.Digest) error {
-	x := d.Hex()[:2]
-	if st.fanout[x] {
-		return nil
+// spendLock runs gcLockHold after the lock was taken: it drops the lock
+// now when no link is in flight, else when the last one ends.
+func (st *Staging) spendLock() {
+	st.lmu.Lock()
+	defer st.lmu.Unlock()
+	if !st.lheld {
+		return
 	}
-	if err := os.Mkdir(filepath.Join(st.dir, x), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("objstore: %w", err)
+	if st.lcount == 0 {
+		st.dropLock()
+	} else {
+		st.lspent = true
 	}
-	st.fanout[x] = true
-	return nil
+}
+
+// dropLock releases the shared gc lock. Call with st.lmu held.
+func (st *Staging) dropLock() {
+	_ = flock(st.gcf, unix.LOCK_UN)
+	st.lheld, st.lspent = false, false
+}
+
+// fanoutDirs holds descriptors (O_PATH) of a staging's fan-out
+// directories STAGING/xx and of objects/xx, each opened once, so that
+// placing an object is one linkat by name between two open directories
+// rather than two walks of paths through the store root: a re-import is
+// mostly such links. Indexed by the digest's first byte; 0 means not open
+// (descriptor 0 is never a directory we opened).
+type fanoutDirs struct {
+	staging [256]int
+	objects [256]int
+}
+
+func (f *fanoutDirs) close() {
+	for i := range 256 {
+		for _, fd := range []*int{&f.staging[i], &f.objects[i]} {
+			if *fd > 0 {
+				unix.Close(*fd)
+				*fd = 0
+			}
+		}
+	}
+}
+
+// unhex is the value of a lowercase hex digit.
+func unhex(c byte) int {
+	if c >= 'a' {
+		return int(c-'a') + 10
+	}
+	return int(c - '0')
+}
+
+// openDir creates dir (when missing) and opens it as an O_PATH descriptor.
+func openDir(dir string) (int, error) {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return 0, fmt.Errorf("objstore: %w", err)
+	}
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("objstore: opening %s: %w", dir, err)
+	}
+	return fd, nil
+}
+
+// fanout returns the descriptors of STAGING/xx and objects/xx for digest
+// d, creating and opening them on first use, and the object's name in
+// them. objects/xx is created too when missing: fan-out directories are
+// never removed, and an empty one is harmless. Call with st.mu held.
+func (st *Staging) fanout(d verity.Digest) (stFD, objFD int, name string, err error) {
+	h := d.Hex()
+	i := unhex(h[0])<<4 | unhex(h[1])
+	if st.dirs.staging[i] == 0 {
+		if st.dirs.staging[i], err = openDir(filepath.Join(st.dir, h[:2])); err != nil {
+			return 0, 0, "", err
+		}
+	}
+	if st.dirs.objects[i] == 0 {
+		if st.dirs.objects[i], err = openDir(filepath.Join(st.s.root, dirObjects, h[:2])); err != nil {
+			return 0, 0, "", err
+		}
+	}
+	return st.dirs.staging[i], st.dirs.objects[i], h[2:], nil
 }
 
 // tmpFile is a file being written: an O_TMPFILE, or a named temporary file
@@ -211,13 +302,13 @@ func (t *tmpFile) discard() {
 	}
 }
 
-// linkTo gives the temporary file the name dst.
-func (t *tmpFile) linkTo(dst string) error {
+// linkTo gives the temporary file the name name in directory dirFD.
+func (t *tmpFile) linkTo(dirFD int, name string) error {
 	if t.name != "" {
-		return unix.Linkat(unix.AT_FDCWD, t.name, unix.AT_FDCWD, dst, 0)
+		return unix.Linkat(unix.AT_FDCWD, t.name, dirFD, name, 0)
 	}
 	p := "/proc/self/fd/" + strconv.Itoa(int(t.f.Fd()))
-	return unix.Linkat(unix.AT_FDCWD, p, unix.AT_FDCWD, dst, unix.AT_SYMLINK_FOLLOW)
+	return unix.Linkat(unix.AT_FDCWD, p, dirFD, name, unix.AT_SYMLINK_FOLLOW)
 }
 
 // AddObject streams r into a new object, digesting it while it is written
@@ -249,6 +340,10 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 		return d, false, fmt.Errorf("objstore: %w: got %d bytes, expected %d", ErrSizeMismatch, n, size)
 	}
 	d = h.Sum()
+	// Start writing the content back now, without waiting: the commit's
+	// syncfs barrier then finds most of it on disk already, and the disk
+	// works while we go on digesting (git's batch fsync does the same).
+	_ = unix.SyncFileRange(int(t.f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	if err := t.f.Chmod(0o444); err != nil {
 		return d, false, fmt.Errorf("objstore: %w", err)
 	}
@@ -267,13 +362,12 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 		st.mu.Unlock()
 		return d, false, nil
 	}
-	err = st.mkfanout(d)
+	stFD, objFD, name, err := st.fanout(d)
 	st.mu.Unlock()
 	if err != nil {
 		return d, false, err
 	}
-	dst := filepath.Join(st.dir, d.ObjectPath())
-	existing, err := st.linkExisting(d, dst, n)
+	existing, err := st.linkExisting(d, objFD, stFD, name, n)
 	if err != nil {
 		return d, false, err
 	}
@@ -282,7 +376,8 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 		s.crashPoint("add.linked-existing")
 		return d, false, nil
 	}
-	if err := t.linkTo(dst); err != nil {
+	dst := filepath.Join(st.dir, d.ObjectPath())
+	if err := t.linkTo(stFD, name); err != nil {
 		if err == unix.EEXIST {
 			return d, false, nil // staged meanwhile by another worker
 		}
@@ -311,15 +406,16 @@ func (st *Staging) record(d verity.Digest, size int64, pending bool) {
 	st.mu.Unlock()
 }
 
-// linkExisting links objects/<d> to dst under the shared gc lock. It
+// linkExisting links objects/<d> (name in objFD) to the same name in
+// stFD, the staging's fan-out directory, under the shared gc lock. It
 // reports false when objects/ has no such object (or a broken one whose
-// size differs, which fsck reports).
-func (st *Staging) linkExisting(d verity.Digest, dst string, size int64) (bool, error) {
+// size differs from a size ≥ 0, which fsck reports).
+func (st *Staging) linkExisting(d verity.Digest, objFD, stFD int, name string, size int64) (bool, error) {
 	if err := st.lockShared(); err != nil {
 		return false, fmt.Errorf("objstore: gc lock: %w", err)
 	}
 	defer st.unlock()
-	err := unix.Linkat(unix.AT_FDCWD, st.s.ObjectPath(d), unix.AT_FDCWD, dst, 0)
+	err := unix.Linkat(objFD, name, stFD, name, 0)
 	if err == unix.ENOENT {
 		return false, nil
 	}
@@ -331,8 +427,8 @@ func (st *Staging) linkExisting(d verity.Digest, dst string, size int64) (bool, 
 	}
 	if size >= 0 {
 		var sb unix.Stat_t
-		if unix.Lstat(dst, &sb) != nil || sb.Size != size || sb.Mode&unix.S_IFMT != unix.S_IFREG {
-			os.Remove(dst)
+		if unix.Fstatat(stFD, name, &sb, unix.AT_SYMLINK_NOFOLLOW) != nil || sb.Size != size || sb.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Unlinkat(stFD, name, 0)
 			st.s.log.Warn("object in objects/ has the wrong size; keeping a new copy", "digest", d)
 			return false, nil
 		}
@@ -375,49 +471,96 @@ func (s *Store) sealObject(path string, d verity.Digest) error {
 // (taking the shared gc lock). It fails with ErrNotFound when objects/ has
 // no such object.
 func (st *Staging) LinkObject(ctx context.Context, d verity.Digest) error {
-	return st.linkObject(ctx, d, -1)
-}
-
-// linkObject is LinkObject; a size ≥ 0 is the object's known size (the
-// import cache's), recorded without a stat of the link.
-func (st *Staging) linkObject(ctx context.Context, d verity.Digest, size int64) error {
-	if err := ctx.Err(); err != nil {
+	found, err := st.linkObjects(ctx, []verity.Digest{d}, nil)
+	if err != nil {
 		return err
 	}
-	if d.Algorithm() != st.s.alg {
-		return fmt.Errorf("objstore: object %s: %w", d, ErrAlgorithm)
+	if !found[0] {
+		return fmt.Errorf("objstore: object %s: %w", d, ErrNotFound)
 	}
+	return nil
+}
+
+// LinkObjects is LinkObject for each of ds, in one run under the shared gc
+// lock: found[i] reports whether ds[i] is now in the image (a digest that
+// objects/ lacks is not an error). sizes, when not nil, are the objects'
+// known sizes, recorded without a stat of each link.
+func (st *Staging) LinkObjects(ctx context.Context, ds []verity.Digest, sizes []int64) (found []bool, err error) {
+	return st.linkObjects(ctx, ds, sizes)
+}
+
+func (st *Staging) linkObjects(ctx context.Context, ds []verity.Digest, sizes []int64) ([]bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if sizes != nil && len(sizes) != len(ds) {
+		return nil, fmt.Errorf("objstore: LinkObjects: %d sizes for %d digests", len(sizes), len(ds))
+	}
+	type link struct {
+		i           int
+		stFD, objFD int
+		name        string
+	}
+	found := make([]bool, len(ds))
+	todo := make([]link, 0, len(ds))
 	st.mu.Lock()
 	if st.done {
 		st.mu.Unlock()
-		return ErrClosed
+		return nil, ErrClosed
 	}
-	if _, ok := st.staged[d]; ok {
-		st.mu.Unlock()
-		return nil
-	}
-	err := st.mkfanout(d)
-	st.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	dst := filepath.Join(st.dir, d.ObjectPath())
-	ok, err := st.linkExisting(d, dst, -1)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("objstore: object %s: %w", d, ErrNotFound)
-	}
-	if size < 0 {
-		var sb unix.Stat_t
-		if err := unix.Lstat(dst, &sb); err != nil {
-			return fmt.Errorf("objstore: %w", err)
+	for i, d := range ds {
+		if d.Algorithm() != st.s.alg {
+			st.mu.Unlock()
+			return nil, fmt.Errorf("objstore: object %s: %w", d, ErrAlgorithm)
 		}
-		size = sb.Size
+		if _, ok := st.staged[d]; ok {
+			found[i] = true
+			continue
+		}
+		stFD, objFD, name, err := st.fanout(d)
+		if err != nil {
+			st.mu.Unlock()
+			return nil, err
+		}
+		todo = append(todo, link{i, stFD, objFD, name})
 	}
-	st.record(d, size, false)
-	return nil
+	st.mu.Unlock()
+	if len(todo) == 0 {
+		return found, nil
+	}
+	if err := st.lockShared(); err != nil {
+		return nil, fmt.Errorf("objstore: gc lock: %w", err)
+	}
+	for _, l := range todo {
+		err := unix.Linkat(l.objFD, l.name, l.stFD, l.name, 0)
+		switch err {
+		case nil, unix.EEXIST: // EEXIST: staged meanwhile, or twice in ds
+			found[l.i] = true
+		case unix.ENOENT:
+		default:
+			st.unlock()
+			return nil, fmt.Errorf("objstore: linking object %s: %w", ds[l.i], err)
+		}
+	}
+	st.unlock()
+	var sb unix.Stat_t
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, l := range todo {
+		if !found[l.i] {
+			continue
+		}
+		size := int64(-1)
+		if sizes != nil {
+			size = sizes[l.i]
+		} else if err := unix.Fstatat(l.stFD, l.name, &sb, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+			size = sb.Size
+		} else {
+			return nil, fmt.Errorf("objstore: object %s: %w", ds[l.i], err)
+		}
+		st.staged[ds[l.i]] = size
+	}
+	return found, nil
 }
 
 // Has reports whether the staging directory holds object d.
@@ -503,7 +646,31 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 			delete(st.pending, od)
 		}
 	}
-	// 2. Barrier: the new objects' content is durable before objects/ or an
+	// 2. image.cfs is written while the barrier and the indexing run: it is
+	// in the unpublished staging directory, which only the second barrier
+	// has to cover.
+	type written struct {
+		d   verity.Digest
+		err error
+	}
+	imageDone := make(chan written, 1)
+	go func() {
+		t0 := time.Now()
+		d, err := st.writeImage(root)
+		s.log.Debug("commit: wrote image.cfs", "digest", d, "elapsed", time.Since(t0))
+		imageDone <- written{d, err}
+	}()
+	waitImage := func() (verity.Digest, error) {
+		w := <-imageDone
+		imageDone = nil
+		return w.d, w.err
+	}
+	defer func() {
+		if imageDone != nil {
+			waitImage() // never return with the writer still in the directory
+		}
+	}()
+	// 3. Barrier: the new objects' content is durable before objects/ or an
 	// image names them.
 	t0 := time.Now()
 	if err := s.syncfs(); err != nil {
@@ -511,19 +678,17 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 	}
 	s.log.Debug("commit: syncfs", "objects", len(st.staged), "new", len(st.pending), "elapsed", time.Since(t0))
 	s.crashPoint("commit.synced")
-	// 3. Index the new objects.
+	// 4. Index the new objects.
 	t0 = time.Now()
 	if err := st.indexPending(); err != nil {
 		return d, err
 	}
 	s.log.Debug("commit: indexed new objects", "elapsed", time.Since(t0))
-	// 4. image.cfs, meta.json, .lock.
-	t0 = time.Now()
-	d, err = st.writeImage(root)
+	// 5. meta.json and .lock beside image.cfs.
+	d, err = waitImage()
 	if err != nil {
 		return d, err
 	}
-	s.log.Debug("commit: wrote image.cfs", "digest", d, "elapsed", time.Since(t0))
 	s.crashPoint("commit.image-written")
 	if meta.Created.IsZero() {
 		meta.Created = time.Now().UTC()
@@ -540,14 +705,14 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 		return d, fmt.Errorf("objstore: commit: %w", err)
 	}
 	lf.Close()
-	// 5. Second barrier: image.cfs, meta.json and the objects/ links.
+	// 6. Second barrier: image.cfs, meta.json and the objects/ links.
 	t0 = time.Now()
 	if err := s.syncfs(); err != nil {
 		return d, err
 	}
 	s.log.Debug("commit: second syncfs", "elapsed", time.Since(t0))
 	s.crashPoint("commit.synced2")
-	// 6. Publish.
+	// 7. Publish.
 	dst := s.ImageDir(d)
 	for attempt := 0; ; attempt++ {
 		err = unix.Renameat2(unix.AT_FDCWD, st.dir, unix.AT_FDCWD, dst, unix.RENAME_NOREPLACE)

@@ -553,6 +553,41 @@ func TestImportCache(t *testing.T) {
 	if r3.Digest != r2.Digest || r3.Added != 2 {
 		t.Errorf("re-import after gc: added %d, digest equal %v", r3.Added, r3.Digest == r2.Digest)
 	}
+	// The cache keeps a file's xattrs: a cached file's image entry has
+	// them, and a changed xattr (which moves ctime) is seen.
+	xattrOf := func(d verity.Digest) string {
+		img, err := erofs.OpenFile(filepath.Join(s.ImageDir(d), fileImage))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer img.Close()
+		root, err := img.Tree()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := root.Lookup("/b")
+		for _, x := range n.Primary().Xattrs {
+			if x.Name == "user.twinroot" {
+				return string(x.Value)
+			}
+		}
+		return ""
+	}
+	if err := unix.Lsetxattr(filepath.Join(src, "b"), "user.twinroot", []byte("one"), 0); err != nil {
+		t.Fatalf("user xattrs: %v", err)
+	}
+	if r := importDir(t, s, src); xattrOf(r.Digest) != "one" || r.Added != 0 {
+		t.Errorf("xattr set: image has %q, added %d", xattrOf(r.Digest), r.Added)
+	}
+	if r := importDir(t, s, src); xattrOf(r.Digest) != "one" {
+		t.Errorf("cached file lost its xattr: %q", xattrOf(r.Digest))
+	}
+	if err := unix.Lsetxattr(filepath.Join(src, "b"), "user.twinroot", []byte("two"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if r := importDir(t, s, src); xattrOf(r.Digest) != "two" {
+		t.Errorf("changed xattr not seen: %q", xattrOf(r.Digest))
+	}
 	mustFsckClean(t, s)
 }
 
