@@ -302,7 +302,7 @@ func (s *Store) shareOne(ctx context.Context, f *dedupFile, res *DedupResult) er
 			return err
 		}
 		defer gl.Close()
-		if err := flock(gl, unix.LOCK_SH); err != nil {
+		if err := gl.lockShared(); err != nil {
 			return fmt.Errorf("objstore: gc lock: %w", err)
 		}
 	}

@@ -248,12 +248,12 @@ func (s *Store) deleteUnreferenced(digests []verity.Digest, dry bool) (n int, by
 		return 0, 0, nil
 	}
 	if !dry && !s.noGCLock {
-		f, err := s.gcLock()
+		l, err := s.gcLock()
 		if err != nil {
 			return 0, 0, err
 		}
-		defer f.Close()
-		if err := flock(f, unix.LOCK_EX); err != nil {
+		defer l.Close()
+		if err := l.lockExclusive(); err != nil {
 			return 0, 0, fmt.Errorf("objstore: gc lock: %w", err)
 		}
 	}

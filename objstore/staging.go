@@ -49,7 +49,7 @@ type Staging struct {
 	name   string
 	dir    string   // tmp/<name>
 	lockf  *os.File // tmp/<name>.lock, LOCK_EX
-	gcf    *os.File // own description of gc.lock, for shared locks
+	gcl    *gcLocker // own handle on the gc lock, for shared locks
 	lmu    sync.Mutex
 	lcount int         // workers inside lockShared
 	lheld  bool        // gcf holds LOCK_SH
@@ -108,7 +108,7 @@ func (st *Staging) remove() error {
 	if st.ltimer != nil {
 		st.ltimer.Stop()
 	}
-	st.lheld = false // closing gcf below drops the lock
+	st.lheld = false // closing gcl below drops the lock
 	st.lmu.Unlock()
 	st.dirs.close()
 	err := os.RemoveAll(st.dir)
@@ -116,8 +116,8 @@ func (st *Staging) remove() error {
 		err = e
 	}
 	st.lockf.Close()
-	if st.gcf != nil {
-		st.gcf.Close()
+	if st.gcl != nil {
+		st.gcl.Close()
 	}
 	return err
 }
@@ -138,7 +138,7 @@ func (s *Store) NewStaging(ctx context.Context) (*Staging, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st.gcf, err = s.gcLock(); err != nil {
+	if st.gcl, err = s.gcLock(); err != nil {
 		st.remove()
 		return nil, err
 	}
@@ -164,7 +164,7 @@ func (st *Staging) lockShared() error {
 	st.lmu.Lock()
 	defer st.lmu.Unlock()
 	if !st.lheld {
-		if err := flock(st.gcf, unix.LOCK_SH); err != nil {
+		if err := st.gcl.lockShared(); err != nil {
 			return err
 		}
 		st.lheld, st.lspent = true, false
@@ -207,7 +207,7 @@ func (st *Staging) spendLock() {
 
 // dropLock releases the shared gc lock. Call with st.lmu held.
 func (st *Staging) dropLock() {
-	_ = flock(st.gcf, unix.LOCK_UN)
+	st.gcl.unlock()
 	st.lheld, st.lspent = false, false
 }
 
@@ -340,10 +340,6 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 		return d, false, fmt.Errorf("objstore: %w: got %d bytes, expected %d", ErrSizeMismatch, n, size)
 	}
 	d = h.Sum()
-	// Start writing the content back now, without waiting: the commit's
-	// syncfs barrier then finds most of it on disk already, and the disk
-	// works while we go on digesting (git's batch fsync does the same).
-	_ = unix.SyncFileRange(int(t.f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
 	if err := t.f.Chmod(0o444); err != nil {
 		return d, false, fmt.Errorf("objstore: %w", err)
 	}
