@@ -6,7 +6,8 @@
 #  2. commit of a second image sharing 95 % of its files: time and bytes
 #     written, as a ratio of the first import;
 #  3. removal + gc of a 50,000-object image.
-# Environment: BENCH_DIR (default: a new directory under /var/tmp), FILES,
+# Environment: BENCH_DIR (default: a new directory under /var/tmp), ROUNDS
+# (3: rounds of the cp -a baseline and imports 1 and 2; medians reported), FILES,
 # MB (tree shape), GC_FILES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ UPDATECTL=${UPDATECTL:-$PWD/bin/updatectl}
 FILES=${FILES:-15000}
 MB=${MB:-550}
 GC_FILES=${GC_FILES:-50000}
+ROUNDS=${ROUNDS:-3}
 BENCH_DIR=${BENCH_DIR:-$(mktemp -d /var/tmp/twinroot-bench.XXXXXX)}
 trap 'rm -rf "$BENCH_DIR"' EXIT
 TREE=$BENCH_DIR/tree
@@ -68,39 +70,75 @@ gen_tree "$TREE" "$FILES" $((MB * 1000 * 1000)) 1
 TREE_BYTES=$(du -sb --apparent-size "$TREE" | cut -f1)
 sync
 
-echo "== baseline: cp -a"
-t0=$(now)
-cp -a "$TREE" "$BENCH_DIR/copy"
-t1=$(now)
-sync
-t2=$(now)
-CP=$(elapsed "$t0" "$t1")
-CPSYNC=$(elapsed "$t0" "$t2")
-rm -rf "$BENCH_DIR/copy"
-sync
+# Rounds: this VM's page cache and disk vary a lot from run to run (the
+# same cp -a took 1 s and 4 s within minutes), so each step runs ROUNDS
+# times and the medians are reported, with every round's figures.
+# median V...: the middle value (the lower middle one for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+CPS=() CPSYNCS=() IMP1S=() CPU1S=() IMP2S=() CPU2S=() INGEST2S=() RATIOS=() W1S=() W2S=()
+for r in $(seq "$ROUNDS"); do
+	echo "== round $r: baseline cp -a"
+	t0=$(now)
+	cp -a "$TREE" "$BENCH_DIR/copy$r"
+	t1=$(now)
+	sync
+	t2=$(now)
+	CPS+=("$(elapsed "$t0" "$t1")")
+	CPSYNCS+=("$(elapsed "$t0" "$t2")")
+	# The copies are deleted at the end, not here: on an ext4 without a
+	# journal (this VM's root), the inode allocator skips inodes freed in
+	# the last 60-300 s (recently_deleted), one by one, so deleting 15,000
+	# files here would slow every file and directory the imports below
+	# create, for a reason that is the baseline's, not the store's.
 
-echo "== import 1"
-"$UPDATECTL" --store "$STORE" store init >/dev/null
-w0=$(store_bytes)
-timed IMP1 "$UPDATECTL" --store "$STORE" store import "$TREE"
-D1=$(tail -1 "$BENCH_DIR/out")
-W1=$(($(store_bytes) - w0))
+	echo "== round $r: import 1"
+	STORE=$BENCH_DIR/store$r
+	"$UPDATECTL" --store "$STORE" store init >/dev/null
+	w0=$(store_bytes)
+	timed IMP1 "$UPDATECTL" --store "$STORE" store import "$TREE"
+	D1=$(tail -1 "$BENCH_DIR/out")
+	W1S+=("$(($(store_bytes) - w0))")
+	IMP1S+=("$IMP1")
+	CPU1S+=("$CPU_IMP1")
 
-echo "== import 2 (5 % of the files changed)"
-n=0
-for f in $(find "$TREE" -type f | sort | awk 'NR % 20 == 0'); do
-	head -c 100 /dev/urandom | dd of="$f" bs=100 count=1 conv=notrunc status=none
-	n=$((n + 1))
+	echo "== round $r: import 2 (5 % of the files changed)"
+	n=0
+	for f in $(find "$TREE" -type f | sort | awk -v r="$r" 'NR % 20 == r % 20'); do
+		head -c 100 /dev/urandom | dd of="$f" bs=100 count=1 conv=notrunc status=none
+		n=$((n + 1))
+	done
+	sync
+	w0=$(store_bytes)
+	timed IMP2 "$UPDATECTL" --store "$STORE" --log-level debug store import "$TREE" 2>"$BENCH_DIR/log2"
+	# The phases, from the debug log: reading the source tree (stat of
+	# every file, links of the unchanged ones, the changed files' content),
+	# then the commit (barriers, indexing, image.cfs, publish).
+	INGEST2S+=("$(sed -n 's/.*"import: files ingested".*elapsed=\([0-9.]*\)\(m\?s\).*/\1 \2/p' "$BENCH_DIR/log2" |
+		awk '{ print ($2 == "ms") ? $1 / 1000 : $1 }')")
+	D2=$(tail -1 "$BENCH_DIR/out")
+	W2S+=("$(($(store_bytes) - w0))")
+	[ "$D1" != "$D2" ] || { echo "second image has the same digest" >&2; exit 1; }
+	IMP2S+=("$IMP2")
+	CPU2S+=("$CPU_IMP2")
+	RATIOS+=("$(calc "100 * $IMP2 / $IMP1")")
+	echo "   cp -a ${CPS[-1]} s, import 1 $IMP1 s, import 2 $IMP2 s (${RATIOS[-1]} %)"
 done
-sync
-w0=$(store_bytes)
-timed IMP2 "$UPDATECTL" --store "$STORE" store import "$TREE"
-D2=$(tail -1 "$BENCH_DIR/out")
-W2=$(($(store_bytes) - w0))
-[ "$D1" != "$D2" ] || { echo "second image has the same digest" >&2; exit 1; }
+CP=$(median "${CPS[@]}")
+CPSYNC=$(median "${CPSYNCS[@]}")
+IMP1=$(median "${IMP1S[@]}")
+CPU_IMP1=$(median "${CPU1S[@]}")
+IMP2=$(median "${IMP2S[@]}")
+CPU_IMP2=$(median "${CPU2S[@]}")
+INGEST2=$(median "${INGEST2S[@]}")
+RATIO=$(median "${RATIOS[@]}")
+W1=$(median "${W1S[@]}")
+W2=$(median "${W2S[@]}")
+for r in $(seq "$ROUNDS"); do # keep the last store for the gc step
+	[ "$r" = "$ROUNDS" ] || rm -rf "$BENCH_DIR/store$r"
+done
 
 echo "== removal + gc of a $GC_FILES-object image"
-rm -rf "$TREE"
+rm -rf "$TREE" "$BENCH_DIR"/copy*
 mkdir -p "$BENCH_DIR/many"
 perl -e '
 	my ($dir, $n) = @ARGV;
@@ -126,8 +164,11 @@ printf '%-46s %.2f s, CPU %.2f s (%.0f objects/s, %.1f MB/s)\n' "store import (d
 printf '%-46s %.2f x cp -a, %.2f x cp -a + sync\n' "import / baseline" \
 	"$(calc "$IMP1 / $CP")" "$(calc "$IMP1 / $CPSYNC")"
 printf '%-46s %.1f MB\n' "store growth, import 1" "$(calc "$W1 / 1000000")"
-printf '%-46s %.2f s (%.1f %%), CPU %.2f s (%.1f %% of import 1)\n' "import 2 ($n files changed)" "$IMP2" \
-	"$(calc "100 * $IMP2 / $IMP1")" "$CPU_IMP2" "$(calc "100 * $CPU_IMP2 / $CPU_IMP1")"
+printf '%-46s %.2f s, CPU %.2f s (%.1f %% of import 1)\n' "import 2 ($n files changed)" "$IMP2" \
+	"$CPU_IMP2" "$(calc "100 * $CPU_IMP2 / $CPU_IMP1")"
+printf '%-46s %.1f %% (rounds: %s)\n' "import 2 / import 1, median of rounds" "$RATIO" "${RATIOS[*]}"
+printf '%-46s %.2f s walk and links, %.2f s commit and exit\n' "  import 2 phases" "$INGEST2" \
+	"$(calc "$IMP2 - $INGEST2")"
 printf '%-46s %.1f MB (%.1f %% of import 1)\n' "store growth, import 2" "$(calc "$W2 / 1000000")" "$(calc "100 * $W2 / $W1")"
 printf '%-46s %.2f s, CPU %.2f s\n' "store rm ($GC_FILES objects)" "$RM" "$CPU_RM"
 printf '%-46s %.2f s\n' "store gc after it" "$GC"
