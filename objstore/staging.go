@@ -47,8 +47,8 @@ type ImageMeta struct {
 type Staging struct {
 	s      *Store
 	name   string
-	dir    string   // tmp/<name>
-	lockf  *os.File // tmp/<name>.lock, LOCK_EX
+	dir    string    // tmp/<name>
+	lockf  *os.File  // tmp/<name>.lock, LOCK_EX
 	gcl    *gcLocker // own handle on the gc lock, for shared locks
 	lmu    sync.Mutex
 	lcount int         // workers inside lockShared
