@@ -52,7 +52,7 @@ type Staging struct {
 	gcl    *gcLocker // own handle on the gc lock, for shared locks
 	lmu    sync.Mutex
 	lcount int         // workers inside lockShared
-	lheld  bool        // gcf holds LOCK_SH
+	lheld  bool        // gcl holds LOCK_SH
 	lspent bool        // held for gcLockHold: drop when lcount is 0
 	ltimer *time.Timer // marks the lock spent
 
@@ -110,7 +110,7 @@ func (st *Staging) remove() error {
 	}
 	st.lheld = false // closing gcl below drops the lock
 	st.lmu.Unlock()
-	st.dirs.close()
+	st.releaseDirs()
 	err := os.RemoveAll(st.dir)
 	if e := os.Remove(st.dir + ".lock"); e != nil && !errors.Is(e, fs.ErrNotExist) && err == nil {
 		err = e
@@ -218,8 +218,44 @@ func (st *Staging) dropLock() {
 // mostly such links. Indexed by the digest's first byte; 0 means not open
 // (descriptor 0 is never a directory we opened).
 type fanoutDirs struct {
+	mu      [256]sync.Mutex // per fan-out: a slow mkdir holds up only its own
 	staging [256]int
 	objects [256]int
+
+	// The descriptors are closed when the staging is done and no operation
+	// that started before is still using them (a closed number could be
+	// reused by another open, and a late linkat would go there).
+	omu      sync.Mutex
+	inflight int
+	closing  bool
+}
+
+// opStart marks an operation that will use the descriptors. Call with
+// st.mu held, after checking st.done.
+func (st *Staging) opStart() {
+	st.dirs.omu.Lock()
+	st.dirs.inflight++
+	st.dirs.omu.Unlock()
+}
+
+// opEnd ends it; the last one after remove closes the descriptors.
+func (st *Staging) opEnd() {
+	st.dirs.omu.Lock()
+	defer st.dirs.omu.Unlock()
+	st.dirs.inflight--
+	if st.dirs.inflight == 0 && st.dirs.closing {
+		st.dirs.close()
+	}
+}
+
+// release closes the descriptors now, or when the operations in flight end.
+func (st *Staging) releaseDirs() {
+	st.dirs.omu.Lock()
+	defer st.dirs.omu.Unlock()
+	st.dirs.closing = true
+	if st.dirs.inflight == 0 {
+		st.dirs.close()
+	}
 }
 
 func (f *fanoutDirs) close() {
@@ -256,10 +292,12 @@ func openDir(dir string) (int, error) {
 // fanout returns the descriptors of STAGING/xx and objects/xx for digest
 // d, creating and opening them on first use, and the object's name in
 // them. objects/xx is created too when missing: fan-out directories are
-// never removed, and an empty one is harmless. Call with st.mu held.
+// never removed, and an empty one is harmless.
 func (st *Staging) fanout(d verity.Digest) (stFD, objFD int, name string, err error) {
-	h := d.Hex()
+	h := d.ObjectPath() // "xx/rest"
 	i := unhex(h[0])<<4 | unhex(h[1])
+	st.dirs.mu[i].Lock()
+	defer st.dirs.mu[i].Unlock()
 	if st.dirs.staging[i] == 0 {
 		if st.dirs.staging[i], err = openDir(filepath.Join(st.dir, h[:2])); err != nil {
 			return 0, 0, "", err
@@ -270,7 +308,7 @@ func (st *Staging) fanout(d verity.Digest) (stFD, objFD int, name string, err er
 			return 0, 0, "", err
 		}
 	}
-	return st.dirs.staging[i], st.dirs.objects[i], h[2:], nil
+	return st.dirs.staging[i], st.dirs.objects[i], h[3:], nil
 }
 
 // tmpFile is a file being written: an O_TMPFILE, or a named temporary file
@@ -330,16 +368,19 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 		}
 	}()
 	bp := s.bufs.Get().(*[]byte)
-	h := verity.New(s.alg)
+	h := s.hashers.Get().(*verity.Hasher)
+	h.Reset()
 	n, err := io.CopyBuffer(io.MultiWriter(t.f, h), ctxReader{ctx, r}, *bp)
 	s.bufs.Put(bp)
+	sum := h.Sum()
+	s.hashers.Put(h)
 	if err != nil {
 		return d, false, fmt.Errorf("objstore: writing object: %w", err)
 	}
 	if size >= 0 && n != size {
 		return d, false, fmt.Errorf("objstore: %w: got %d bytes, expected %d", ErrSizeMismatch, n, size)
 	}
-	d = h.Sum()
+	d = sum
 	if err := t.f.Chmod(0o444); err != nil {
 		return d, false, fmt.Errorf("objstore: %w", err)
 	}
@@ -358,8 +399,10 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 		st.mu.Unlock()
 		return d, false, nil
 	}
-	stFD, objFD, name, err := st.fanout(d)
+	st.opStart()
 	st.mu.Unlock()
+	defer st.opEnd()
+	stFD, objFD, name, err := st.fanout(d)
 	if err != nil {
 		return d, false, err
 	}
@@ -513,14 +556,18 @@ func (st *Staging) linkObjects(ctx context.Context, ds []verity.Digest, sizes []
 			found[i] = true
 			continue
 		}
-		stFD, objFD, name, err := st.fanout(d)
-		if err != nil {
-			st.mu.Unlock()
+		todo = append(todo, link{i: i})
+	}
+	st.opStart()
+	st.mu.Unlock()
+	defer st.opEnd()
+	for j := range todo {
+		l := &todo[j]
+		var err error
+		if l.stFD, l.objFD, l.name, err = st.fanout(ds[l.i]); err != nil {
 			return nil, err
 		}
-		todo = append(todo, link{i, stFD, objFD, name})
 	}
-	st.mu.Unlock()
 	if len(todo) == 0 {
 		return found, nil
 	}

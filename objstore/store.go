@@ -127,7 +127,8 @@ type Store struct {
 	dev       uint64
 	crash     func(string)
 	noGCLock  bool
-	bufs      sync.Pool
+	bufs      sync.Pool // *[]byte copy buffers
+	hashers   sync.Pool // *verity.Hasher for s.alg (their level buffers are reused)
 
 	verityOnce sync.Once
 	verityOK   bool
@@ -155,6 +156,7 @@ func Open(ctx context.Context, root string, opts Options) (*Store, error) {
 	}
 	s := &Store{root: root, alg: alg, log: log, crash: opts.crash, noGCLock: opts.unsafeNoGCL}
 	s.bufs.New = func() any { b := make([]byte, 256<<10); return &b }
+	s.hashers.New = func() any { return verity.New(alg) }
 
 	fi, err := os.Stat(root)
 	switch {

@@ -143,11 +143,15 @@ func (d Digest) IsZero() bool { return d.alg == 0 }
 // ObjectPath returns the digest's place in a fanned-out object directory:
 // the first byte in hex, a slash, then the rest ("ab/cdef...").
 func (d Digest) ObjectPath() string {
-	h := d.Hex()
-	if len(h) < 2 {
+	n := d.alg.Size()
+	if n == 0 {
 		return ""
 	}
-	return h[:2] + "/" + h[2:]
+	var b [2*len(Digest{}.sum) + 1]byte // one allocation: the string
+	hex.Encode(b[:2], d.sum[:1])
+	b[2] = '/'
+	hex.Encode(b[3:], d.sum[1:n])
+	return string(b[:2*n+1])
 }
 
 // MarshalText implements encoding.TextMarshaler ("sha256:<hex>").
