@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
@@ -248,29 +249,52 @@ func (o *options) fetchLayer(ctx context.Context, img *image, i int, desc v1.Des
 func (o *options) linkRecorded(ctx context.Context, img *image, root *erofs.Node, recorded map[verity.Digest]int,
 	st *objstore.Staging, lim Limits, res *Result) error {
 	refetch := map[int]bool{}
+	var ds []verity.Digest
+	var sizes []int64
+	seen := map[verity.Digest]bool{}
 	err := root.Walk(func(n *erofs.Node) error {
-		if n.Link != nil || n.Digest.IsZero() || st.Has(n.Digest) {
+		if n.Link != nil || n.Digest.IsZero() || seen[n.Digest] || st.Has(n.Digest) {
 			return nil
 		}
-		i, ok := recorded[n.Digest]
-		if !ok {
+		if _, ok := recorded[n.Digest]; !ok {
 			return nil // Commit reports it
 		}
-		err := st.LinkObject(ctx, n.Digest)
-		if errors.Is(err, objstore.ErrNotFound) {
-			if !refetch[i] {
-				o.log.Info("object of a recorded layer is gone; fetching the layer again", "layer", img.manifest.Layers[i].Digest, "object", n.Digest)
-			}
-			refetch[i] = true
-			return nil
-		}
-		if err == nil {
-			res.ObjectsReused++
-		}
-		return err
+		seen[n.Digest] = true
+		ds = append(ds, n.Digest)
+		sizes = append(sizes, int64(n.Size))
+		return nil
 	})
 	if err != nil {
 		return err
+	}
+	// In batches, on a few goroutines: each batch is one pass under the
+	// store's shared gc lock, and the links of different batches run in
+	// parallel.
+	const batch = 512
+	found := make([]bool, len(ds))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(4)
+	for lo := 0; lo < len(ds); lo += batch {
+		hi := min(lo+batch, len(ds))
+		g.Go(func() error {
+			f, err := st.LinkObjects(gctx, ds[lo:hi], sizes[lo:hi])
+			copy(found[lo:hi], f)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for i, d := range ds {
+		if found[i] {
+			res.ObjectsReused++
+			continue
+		}
+		l := recorded[d]
+		if !refetch[l] {
+			o.log.Info("object of a recorded layer is gone; fetching the layer again", "layer", img.manifest.Layers[l].Digest, "object", d)
+		}
+		refetch[l] = true
 	}
 	for i := range refetch {
 		desc := img.manifest.Layers[i]

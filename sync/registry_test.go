@@ -18,6 +18,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/twinroot/twinroot/objstore"
+	"github.com/twinroot/twinroot/verity"
 )
 
 // dockerRegistry is a Debian docker-registry (distribution 2.x) on loopback.
@@ -468,4 +471,64 @@ func TestResume(t *testing.T) {
 		t.Logf("objstore has no Staging.Checkpoint: layer 1's objects did not survive the failed pull; refetched once for content")
 	}
 	diffTrees(t, expectedTree(t, img), scanDir(t, mountImage(t, s, res.Digest)))
+}
+
+// Layer records that name objects gc has deleted since: the next pull
+// links what is still there (in batches, over 512 objects here) and
+// fetches the layers whose objects are gone again, for their content,
+// ending in the same image.
+func TestPullAfterGC(t *testing.T) {
+	ctx := context.Background()
+	var many []tf
+	many = append(many, dir("usr/", 0o755), dir("usr/share/", 0o755))
+	for i := range 1200 {
+		many = append(many, reg(fmt.Sprintf("usr/share/f%04d", i), 0o644, randBytes(100+i)))
+	}
+	base := layerOf(t, tarBytes(t, many...), "gzip")
+	app1 := layerOf(t, tarBytes(t, reg("etc/version", 0o644, randBytes(3000))), "gzip")
+	app2 := layerOf(t, tarBytes(t, reg("etc/version", 0o644, randBytes(4000))), "gzip")
+	v1img, v2img := imageOf(t, nil, base, app1), imageOf(t, nil, base, app2)
+	c := newCountingRegistry(t, base, app1, app2)
+	push(t, c.host, "os/gc:v1", v1img)
+	push(t, c.host, "os/gc:v2", v2img)
+	s := newStore(t)
+	opts := testOpts(WithInsecureRegistries(c.host))
+	r1, err := Pull(ctx, s, c.host+"/os/gc:v1", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// v2 while v1 is there: base replays from its record, every one of its
+	// 1200 objects linked.
+	c.reset()
+	r2, err := Pull(ctx, s, c.host+"/os/gc:v2", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app2size, _ := app2.Size()
+	if r2.LayersCached != 1 || r2.BytesFetched != app2size || r2.ObjectsReused < 1200 {
+		t.Errorf("v2 with v1 present: %+v", r2)
+	}
+	// Both removed and collected: base's record names 1200 objects that are
+	// gone, so base is fetched again.
+	for _, d := range []verity.Digest{r1.Digest, r2.Digest} {
+		if err := s.Remove(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.GC(ctx, objstore.GCOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.reset()
+	r3, err := Pull(ctx, s, c.host+"/os/gc:v1", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	baseSize, _ := base.Size()
+	if r3.Digest != r1.Digest || r3.BytesFetched < baseSize || r3.ObjectsReused != 0 {
+		t.Errorf("v1 after gc: %+v (first %+v)", r3, r1)
+	}
+	diffTrees(t, expectedTree(t, v1img), scanDir(t, mountImage(t, s, r3.Digest)))
+	if res, err := s.Fsck(ctx, objstore.FsckOptions{}); err != nil || !res.Clean() {
+		t.Errorf("fsck: %v, %+v", err, res.Problems)
+	}
 }
