@@ -3,6 +3,7 @@ package objstore
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -266,6 +267,15 @@ func (s *Store) contentDigest(ctx context.Context, path string) (verity.Digest, 
 	}
 	defer f.Close()
 	if m, err := verity.Measure(f); err == nil {
+		// The measurement is metadata: it holds whatever the data became.
+		// The kernel checks each block against the Merkle tree as it is
+		// read, so reading the whole file (no hashing of ours) finds
+		// damaged blocks as EIO.
+		bp := s.bufs.Get().(*[]byte)
+		defer s.bufs.Put(bp)
+		if _, err := io.CopyBuffer(io.Discard, ctxReader{ctx, f}, *bp); err != nil {
+			return verity.Digest{}, err // *PathError: "read PATH: input/output error"
+		}
 		return m, nil
 	}
 	return verity.DigestFileHandle(ctx, f, s.alg)
