@@ -484,7 +484,7 @@ func (w *treeWalker) dir(parent *erofs.Node, dir string) error {
 	sort.Strings(names)
 	fd := int(f.Fd())
 	prefix := strings.TrimSuffix(dir, "/") + "/"
-	b := &dirBatch{}
+	b := &dirBatch{files: make([]cachedFile, 0, len(names))}
 	for _, name := range names {
 		p := prefix + name
 		var sb unix.Stat_t
