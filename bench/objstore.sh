@@ -7,7 +7,8 @@
 #     written, as a ratio of the first import;
 #  3. removal + gc of a 50,000-object image.
 # Environment: BENCH_DIR (default: a new directory under /var/tmp), ROUNDS
-# (3: rounds of the cp -a baseline and imports 1 and 2; medians reported), FILES,
+# (3: rounds of the cp -a baseline and imports 1 and 2; medians reported),
+# COLD (1: drop the page cache before each timed step; needs root), FILES,
 # MB (tree shape), GC_FILES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,11 +29,20 @@ elapsed() { calc "$2 - $1"; }
 store_bytes() { # bytes allocated by the store (hardlinks counted once)
 	du -s --block-size=1 "$STORE" | cut -f1
 }
+# cold: with COLD=1, writes back and drops the page cache, dentries and
+# inodes before a timed step, so that every step starts from the disk.
+cold() {
+	if [ "${COLD:-0}" = 1 ]; then
+		sync
+		echo 3 >/proc/sys/vm/drop_caches
+	fi
+}
 # timed OUTVAR CMD...: runs CMD with stdout to $BENCH_DIR/out, sets OUTVAR
 # to the wall time and CPU_OUTVAR to user+sys seconds.
 timed() {
 	local var=$1
 	shift
+	cold
 	/usr/bin/time -f "%e %U %S" -o "$BENCH_DIR/time" "$@" >"$BENCH_DIR/out"
 	read -r wall user sys <"$BENCH_DIR/time"
 	printf -v "$var" '%s' "$wall"
@@ -78,6 +88,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int(
 CPS=() CPSYNCS=() IMP1S=() CPU1S=() IMP2S=() CPU2S=() INGEST2S=() RATIOS=() W1S=() W2S=()
 for r in $(seq "$ROUNDS"); do
 	echo "== round $r: baseline cp -a"
+	cold
 	t0=$(now)
 	cp -a "$TREE" "$BENCH_DIR/copy$r"
 	t1=$(now)
