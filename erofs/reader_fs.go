@@ -17,9 +17,10 @@ import (
 var ErrExternalContent = errors.New("erofs: file content is in an external object")
 
 // Image serves its tree as a read-only file system, straight from the image
-// without reading the whole tree. Each lookup is bounded, but the fs.FS
-// view does not detect directory cycles, so a walk of a hostile image may
-// not end: check an untrusted image with Tree first.
+// without reading the whole tree. Each lookup is bounded, and a path that
+// enters a directory already above it (a cycle or a directory hardlink,
+// which only a corrupt image has) fails with ErrCorrupt, so that fs.WalkDir
+// over a hostile image ends.
 var (
 	_ fs.ReadLinkFS = (*Image)(nil)
 	_ fs.ReadFileFS = (*Image)(nil)
@@ -121,6 +122,15 @@ func (img *Image) resolve(op, name string, follow bool) (fsEntry, error) {
 		}
 		if skip {
 			return fail(fs.ErrNotExist)
+		}
+		if n.IsDir() {
+			// Symlinks re-walk from the root or pop the stack, so a directory
+			// met twice on the way down is one an entry names again.
+			for _, a := range append(stack, cur) {
+				if a.nid == nid {
+					return fail(fmt.Errorf("%w: nid %d: directory %q is its own ancestor (cycle or directory hardlink)", ErrCorrupt, nid, part))
+				}
+			}
 		}
 		if n.Type() == ModeLink && (len(todo) > 0 || follow) {
 			if hops++; hops > maxSymlinkHops {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -318,6 +319,25 @@ func TestReaderHostileDirents(t *testing.T) {
 				t.Fatalf("got %v, want ErrCorrupt", err)
 			}
 			t.Log(err)
+			// The fs.FS view: a walk ends, reporting the damage (for a
+			// cycle, at a/ inside a/: the root reached again).
+			var walkErr error
+			visits := 0
+			fs.WalkDir(img, ".", func(p string, d fs.DirEntry, err error) error {
+				if visits++; visits > 1000 {
+					return fmt.Errorf("walk does not end (at %s)", p)
+				}
+				if err != nil && walkErr == nil {
+					walkErr = err
+				}
+				return nil
+			})
+			if visits > 1000 {
+				t.Fatalf("fs.WalkDir visited over 1000 entries of a 4-entry image")
+			}
+			if tc.name == "cycle" && !errors.Is(walkErr, ErrCorrupt) {
+				t.Errorf("fs.WalkDir: first error %v, want ErrCorrupt", walkErr)
+			}
 		})
 	}
 	// Unpatched, it reads.
