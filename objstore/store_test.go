@@ -125,15 +125,7 @@ func TestImportCommitFsck(t *testing.T) {
 		t.Errorf("object: ino %d/%d nlink %d mode %o", a.Ino, b.Ino, a.Nlink, a.Mode&0o777)
 	}
 	// The tree in image.cfs references exactly the staged objects.
-	img, err := erofs.OpenFile(filepath.Join(dir, fileImage))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	root, err := img.Tree()
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := imageTree(t, s, res.Digest)
 	n, err := root.Lookup("/dir/c")
 	if err != nil || n.Payload != d.ObjectPath() || n.Digest != d {
 		t.Errorf("/dir/c: %+v %v", n, err)
@@ -540,10 +532,7 @@ func TestImportCache(t *testing.T) {
 	if r2.Added != 1 || r2.Digest == r1.Digest {
 		t.Fatalf("changed file not re-read: added %d", r2.Added)
 	}
-	img, _ := erofs.OpenFile(filepath.Join(s.ImageDir(r2.Digest), fileImage))
-	root, _ := img.Tree()
-	img.Close()
-	if n, _ := root.Lookup("/a"); n == nil || n.Digest != verity.DigestBytes(content(3, 5000), verity.SHA256) {
+	if n, _ := imageTree(t, s, r2.Digest).Lookup("/a"); n == nil || n.Digest != verity.DigestBytes(content(3, 5000), verity.SHA256) {
 		t.Fatalf("image has the stale digest for /a")
 	}
 	// Remove both images: objects gone; the cache still names them.
@@ -556,16 +545,7 @@ func TestImportCache(t *testing.T) {
 	// The cache keeps a file's xattrs: a cached file's image entry has
 	// them, and a changed xattr (which moves ctime) is seen.
 	xattrOf := func(d verity.Digest) string {
-		img, err := erofs.OpenFile(filepath.Join(s.ImageDir(d), fileImage))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer img.Close()
-		root, err := img.Tree()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, _ := root.Lookup("/b")
+		n, _ := imageTree(t, s, d).Lookup("/b")
 		for _, x := range n.Primary().Xattrs {
 			if x.Name == "user.twinroot" {
 				return string(x.Value)
@@ -630,4 +610,19 @@ func TestImportMatchesFromDir(t *testing.T) {
 		}
 		mustFsckClean(t, s)
 	}
+}
+
+// imageTree reads the tree of committed image d.
+func imageTree(t testing.TB, s *Store, d verity.Digest) *erofs.Node {
+	t.Helper()
+	img, err := erofs.OpenFile(filepath.Join(s.ImageDir(d), fileImage))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	root, err := img.Tree()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
 }
