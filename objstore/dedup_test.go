@@ -280,17 +280,7 @@ func TestDedupSkipsImageInUse(t *testing.T) {
 	}
 
 	// 2. Mounted, lock released: the mount table keeps it in use.
-	mnt := t.TempDir()
-	m, err := s.MountImage(ctx, busy.Digest, mnt, erofs.MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounted := true
-	defer func() {
-		if mounted {
-			m.Unmount()
-		}
-	}()
+	m, mnt := mountImage(t, s, busy.Digest)
 	m.Release()
 	res = dedup("mounted")
 	if res.AlreadyShared != 1 || res.Hardlinked != 0 {
@@ -305,7 +295,6 @@ func TestDedupSkipsImageInUse(t *testing.T) {
 	if err := erofs.Unmount(mnt); err != nil {
 		t.Fatal(err)
 	}
-	mounted = false
 
 	// 3. Free: its name moves too, although objects/ is already shared.
 	res = dedup("free")

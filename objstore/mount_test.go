@@ -17,17 +17,7 @@ func TestInUse(t *testing.T) {
 	data := content(1, 50000)
 	res := importTree(t, s, map[string][]byte{"f": data, "d/g": content(2, 7000)})
 	obj := verity.DigestBytes(data, verity.SHA256)
-	mnt := t.TempDir()
-	m, err := s.MountImage(ctx, res.Digest, mnt, erofs.MountOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mounted := true
-	defer func() {
-		if mounted {
-			m.Unmount()
-		}
-	}()
+	m, mnt := mountImage(t, s, res.Digest)
 	got, err := os.ReadFile(filepath.Join(mnt, "f"))
 	if err != nil || string(got) != string(data) {
 		t.Fatalf("reading through the mount: %v", err)
@@ -64,7 +54,6 @@ func TestInUse(t *testing.T) {
 	if err := erofs.Unmount(mnt); err != nil {
 		t.Fatal(err)
 	}
-	mounted = false
 	r, err := s.GC(ctx, GCOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -102,4 +91,17 @@ func TestMountinfoMentions(t *testing.T) {
 	if got := mountinfoEscape("/a b\\c"); got != `/a\040b\134c` {
 		t.Errorf("escape: %q", got)
 	}
+}
+
+// mountImage mounts committed image d with MountImage on a new directory;
+// the test's cleanup unmounts it unless the test did.
+func mountImage(t testing.TB, s *Store, d verity.Digest) (*Mount, string) {
+	t.Helper()
+	mnt := t.TempDir()
+	m, err := s.MountImage(context.Background(), d, mnt, erofs.MountOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Unmount() }) // an error when the test unmounted already
+	return m, mnt
 }
