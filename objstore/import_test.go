@@ -1,12 +1,17 @@
 package objstore
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
 	"github.com/twinroot/twinroot/verity"
@@ -109,4 +114,47 @@ func FuzzImportCache(f *testing.F) {
 			t.Fatalf("re-encoded cache does not decode: %v", err)
 		}
 	})
+}
+
+// A process short of file descriptors still imports: a staging keeps up
+// to 512 directory descriptors open only when the limit is high, and
+// places objects by whole paths otherwise (or when opening one fails with
+// EMFILE).
+func TestImportOutOfDescriptors(t *testing.T) {
+	s := newTestStore(t, Options{})
+	files := map[string][]byte{}
+	for i := range 600 {
+		files[fmt.Sprintf("d%d/f%03d", i%7, i)] = content(uint64(5000+i), 100+i)
+	}
+	src := t.TempDir()
+	writeTree(t, src, files)
+	first := importDir(t, s, src) // every object new
+	open, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(len(open) + 40) // room for the walk and a few fan-outs
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	// A new file, so that the image differs, and a new store state: the
+	// cached files are linked through objects/, most by whole paths.
+	if err := os.WriteFile(filepath.Join(src, "new"), content(9, 3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.ImportDir(context.Background(), src, ImportOptions{Workers: 2})
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &lim)
+	if err != nil {
+		t.Fatalf("import with %d descriptors: %v", low.Cur, err)
+	}
+	if res.Added != 1 || res.Digest == first.Digest {
+		t.Errorf("added %d, digest equal %v", res.Added, res.Digest == first.Digest)
+	}
+	mustFsckClean(t, s)
 }

@@ -95,8 +95,10 @@ func (s *Store) newStagingDir() (*Staging, error) {
 			f.Close()
 			return nil, fmt.Errorf("objstore: creating staging directory: %w", err)
 		}
-		return &Staging{s: s, name: name, dir: dir, lockf: f,
-			staged: map[verity.Digest]int64{}, pending: map[verity.Digest]bool{}}, nil
+		st := &Staging{s: s, name: name, dir: dir, lockf: f,
+			staged: map[verity.Digest]int64{}, pending: map[verity.Digest]bool{}}
+		st.dirs.open = keepDescriptors()
+		return st, nil
 	}
 	return nil, fmt.Errorf("objstore: cannot create a staging directory in %s", tmp)
 }
@@ -218,6 +220,8 @@ func (st *Staging) dropLock() {
 // mostly such links. Indexed by the digest's first byte; 0 means not open
 // (descriptor 0 is never a directory we opened).
 type fanoutDirs struct {
+	open    bool            // keep descriptors (false: whole paths; see fanoutDescriptorsMin)
+	made    [256]bool       // without descriptors: the fan-outs made
 	mu      [256]sync.Mutex // per fan-out: a slow mkdir holds up only its own
 	staging [256]int
 	objects [256]int
@@ -228,6 +232,18 @@ type fanoutDirs struct {
 	omu      sync.Mutex
 	inflight int
 	closing  bool
+}
+
+// fanoutDescriptorsMin is the soft RLIMIT_NOFILE from which stagings keep
+// their (up to 512) directory descriptors open. Go raises the soft limit
+// to the hard one, 524,288 under systemd; below this a staging uses whole
+// paths, so that it never starves the rest of the process of descriptors.
+const fanoutDescriptorsMin = 16384
+
+// keepDescriptors reports whether a new staging may keep descriptors.
+func keepDescriptors() bool {
+	var lim unix.Rlimit
+	return unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur >= fanoutDescriptorsMin
 }
 
 // opStart marks an operation that will use the descriptors. Call with
@@ -289,26 +305,54 @@ func openDir(dir string) (int, error) {
 	return fd, nil
 }
 
-// fanout returns the descriptors of STAGING/xx and objects/xx for digest
-// d, creating and opening them on first use, and the object's name in
-// them. objects/xx is created too when missing: fan-out directories are
-// never removed, and an empty one is harmless.
-func (st *Staging) fanout(d verity.Digest) (stFD, objFD int, name string, err error) {
+// place says where an object goes: its name in objects/ and in the
+// staging, each as a directory descriptor and a name in it.
+type place struct {
+	objDir, stDir   int
+	objName, stName string
+}
+
+// fanout returns where object d goes, creating and opening STAGING/xx and
+// objects/xx on first use (objects/xx is created too when missing:
+// fan-out directories are never removed, and an empty one is harmless).
+// When the process is out of descriptors (EMFILE, ENFILE) it falls back
+// to whole paths for this object, and tries to open the directory again
+// next time.
+func (st *Staging) fanout(d verity.Digest) (place, error) {
 	h := d.ObjectPath() // "xx/rest"
 	i := unhex(h[0])<<4 | unhex(h[1])
 	st.dirs.mu[i].Lock()
 	defer st.dirs.mu[i].Unlock()
-	if st.dirs.staging[i] == 0 {
-		if st.dirs.staging[i], err = openDir(filepath.Join(st.dir, h[:2])); err != nil {
-			return 0, 0, "", err
+	byPath := place{objDir: unix.AT_FDCWD, objName: filepath.Join(st.s.root, dirObjects, h),
+		stDir: unix.AT_FDCWD, stName: filepath.Join(st.dir, h)}
+	if !st.dirs.open {
+		if !st.dirs.made[i] {
+			for _, dir := range []string{filepath.Dir(byPath.stName), filepath.Dir(byPath.objName)} {
+				if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+					return place{}, fmt.Errorf("objstore: %w", err)
+				}
+			}
+			st.dirs.made[i] = true
+		}
+		return byPath, nil
+	}
+	var err error
+	for _, fd := range []struct {
+		p   *int
+		dir string
+	}{{&st.dirs.staging[i], filepath.Join(st.dir, h[:2])}, {&st.dirs.objects[i], filepath.Join(st.s.root, dirObjects, h[:2])}} {
+		if *fd.p != 0 {
+			continue
+		}
+		if *fd.p, err = openDir(fd.dir); err != nil {
+			*fd.p = 0
+			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				return byPath, nil // openDir made the directory before failing to open it
+			}
+			return place{}, err
 		}
 	}
-	if st.dirs.objects[i] == 0 {
-		if st.dirs.objects[i], err = openDir(filepath.Join(st.s.root, dirObjects, h[:2])); err != nil {
-			return 0, 0, "", err
-		}
-	}
-	return st.dirs.staging[i], st.dirs.objects[i], h[3:], nil
+	return place{objDir: st.dirs.objects[i], objName: h[3:], stDir: st.dirs.staging[i], stName: h[3:]}, nil
 }
 
 // tmpFile is a file being written: an O_TMPFILE, or a named temporary file
@@ -402,11 +446,11 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 	st.opStart()
 	st.mu.Unlock()
 	defer st.opEnd()
-	stFD, objFD, name, err := st.fanout(d)
+	pl, err := st.fanout(d)
 	if err != nil {
 		return d, false, err
 	}
-	existing, err := st.linkExisting(d, objFD, stFD, name, n)
+	existing, err := st.linkExisting(d, pl, n)
 	if err != nil {
 		return d, false, err
 	}
@@ -416,7 +460,7 @@ func (st *Staging) AddObject(ctx context.Context, r io.Reader, size int64) (d ve
 		return d, false, nil
 	}
 	dst := filepath.Join(st.dir, d.ObjectPath())
-	if err := t.linkTo(stFD, name); err != nil {
+	if err := t.linkTo(pl.stDir, pl.stName); err != nil {
 		if err == unix.EEXIST {
 			return d, false, nil // staged meanwhile by another worker
 		}
@@ -445,16 +489,16 @@ func (st *Staging) record(d verity.Digest, size int64, pending bool) {
 	st.mu.Unlock()
 }
 
-// linkExisting links objects/<d> (name in objFD) to the same name in
-// stFD, the staging's fan-out directory, under the shared gc lock. It
+// linkExisting links objects/<d> to its place in the staging, under the
+// shared gc lock. It
 // reports false when objects/ has no such object (or a broken one whose
 // size differs from a size ≥ 0, which fsck reports).
-func (st *Staging) linkExisting(d verity.Digest, objFD, stFD int, name string, size int64) (bool, error) {
+func (st *Staging) linkExisting(d verity.Digest, pl place, size int64) (bool, error) {
 	if err := st.lockShared(); err != nil {
 		return false, fmt.Errorf("objstore: gc lock: %w", err)
 	}
 	defer st.unlock()
-	err := unix.Linkat(objFD, name, stFD, name, 0)
+	err := unix.Linkat(pl.objDir, pl.objName, pl.stDir, pl.stName, 0)
 	if err == unix.ENOENT {
 		return false, nil
 	}
@@ -466,8 +510,8 @@ func (st *Staging) linkExisting(d verity.Digest, objFD, stFD int, name string, s
 	}
 	if size >= 0 {
 		var sb unix.Stat_t
-		if unix.Fstatat(stFD, name, &sb, unix.AT_SYMLINK_NOFOLLOW) != nil || sb.Size != size || sb.Mode&unix.S_IFMT != unix.S_IFREG {
-			unix.Unlinkat(stFD, name, 0)
+		if unix.Fstatat(pl.stDir, pl.stName, &sb, unix.AT_SYMLINK_NOFOLLOW) != nil || sb.Size != size || sb.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Unlinkat(pl.stDir, pl.stName, 0)
 			st.s.log.Warn("object in objects/ has the wrong size; keeping a new copy", "digest", d)
 			return false, nil
 		}
@@ -536,9 +580,8 @@ func (st *Staging) linkObjects(ctx context.Context, ds []verity.Digest, sizes []
 		return nil, fmt.Errorf("objstore: LinkObjects: %d sizes for %d digests", len(sizes), len(ds))
 	}
 	type link struct {
-		i           int
-		stFD, objFD int
-		name        string
+		i int
+		place
 	}
 	found := make([]bool, len(ds))
 	todo := make([]link, 0, len(ds))
@@ -564,7 +607,7 @@ func (st *Staging) linkObjects(ctx context.Context, ds []verity.Digest, sizes []
 	for j := range todo {
 		l := &todo[j]
 		var err error
-		if l.stFD, l.objFD, l.name, err = st.fanout(ds[l.i]); err != nil {
+		if l.place, err = st.fanout(ds[l.i]); err != nil {
 			return nil, err
 		}
 	}
@@ -575,7 +618,7 @@ func (st *Staging) linkObjects(ctx context.Context, ds []verity.Digest, sizes []
 		return nil, fmt.Errorf("objstore: gc lock: %w", err)
 	}
 	for _, l := range todo {
-		err := unix.Linkat(l.objFD, l.name, l.stFD, l.name, 0)
+		err := unix.Linkat(l.objDir, l.objName, l.stDir, l.stName, 0)
 		switch err {
 		case nil, unix.EEXIST: // EEXIST: staged meanwhile, or twice in ds
 			found[l.i] = true
@@ -596,7 +639,7 @@ func (st *Staging) linkObjects(ctx context.Context, ds []verity.Digest, sizes []
 		size := int64(-1)
 		if sizes != nil {
 			size = sizes[l.i]
-		} else if err := unix.Fstatat(l.stFD, l.name, &sb, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+		} else if err := unix.Fstatat(l.stDir, l.stName, &sb, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 			size = sb.Size
 		} else {
 			return nil, fmt.Errorf("objstore: object %s: %w", ds[l.i], err)
