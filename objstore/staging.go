@@ -812,6 +812,9 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 		// removal) before we see it, try again.
 		var sb unix.Stat_t
 		if unix.Stat(filepath.Join(dst, fileImage), &sb) == nil || attempt > 10 {
+			if err := st.updateMeta(dst, meta); err != nil {
+				s.log.Warn("image exists; keeping its provenance", "image", d, "err", err)
+			}
 			st.done = true
 			st.remove()
 			return d, nil
@@ -825,6 +828,53 @@ func (st *Staging) Commit(ctx context.Context, root *erofs.Node, meta ImageMeta)
 	}
 	st.remove() // the lock file; the directory has moved
 	return d, nil
+}
+
+// updateMeta gives the existing image directory dir the provenance of
+// this commit (the same content got from another source is now known by
+// that one), keeping its first commit time. The new meta.json is written
+// and synced in the staging directory, then renamed over the old one, so
+// readers see one or the other; an image removed meanwhile is left alone.
+func (st *Staging) updateMeta(dir string, meta ImageMeta) error {
+	b, err := os.ReadFile(filepath.Join(dir, fileMeta))
+	if err != nil {
+		return err
+	}
+	var old ImageMeta
+	if err := json.Unmarshal(b, &old); err != nil {
+		return err
+	}
+	meta.Created = old.Created
+	nb, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	nb = append(nb, '\n')
+	if string(nb) == string(b) {
+		return nil
+	}
+	tmp := filepath.Join(st.dir, fileMeta+".new")
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(nb)
+	if e := f.Sync(); err == nil {
+		err = e
+	}
+	if e := f.Close(); err == nil {
+		err = e
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, fileMeta)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // removed meanwhile
+		}
+		return err
+	}
+	return atomicfile.SyncDir(dir)
 }
 
 // indexPending links every new object into objects/ under the shared gc

@@ -626,3 +626,42 @@ func imageTree(t testing.TB, s *Store, d verity.Digest) *erofs.Node {
 	}
 	return root
 }
+
+// Committing an image that exists already gives it the new provenance
+// (the same content got from elsewhere), keeping its first commit time;
+// a commit with the same provenance leaves meta.json alone.
+func TestCommitExistingUpdatesProvenance(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t, Options{})
+	src := t.TempDir()
+	writeTree(t, src, map[string][]byte{"a": content(1, 3000)})
+	first := importDir(t, s, src)
+	info1, err := s.Image(ctx, first.Digest)
+	if err != nil || !strings.HasPrefix(info1.Meta.Source, "import:") {
+		t.Fatalf("first: %+v %v", info1.Meta, err)
+	}
+	meta := ImageMeta{Source: "docker://registry.example/os:1", Manifest: "sha256:" + strings.Repeat("ab", 32)}
+	res, err := s.ImportDir(ctx, src, ImportOptions{Meta: meta})
+	if err != nil || res.Digest != first.Digest {
+		t.Fatalf("second: %v, digest equal %v", err, res.Digest == first.Digest)
+	}
+	info2, err := s.Image(ctx, first.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info2.Meta.Source != meta.Source || info2.Meta.Manifest != meta.Manifest || !info2.Meta.Created.Equal(info1.Meta.Created) {
+		t.Errorf("after the second commit: %+v (first %+v)", info2.Meta, info1.Meta)
+	}
+	p := filepath.Join(s.ImageDir(first.Digest), fileMeta)
+	before := stat(t, p)
+	if _, err := s.ImportDir(ctx, src, ImportOptions{Meta: meta}); err != nil {
+		t.Fatal(err)
+	}
+	if after := stat(t, p); after.Ino != before.Ino {
+		t.Error("meta.json rewritten with the same provenance")
+	}
+	mustFsckClean(t, s)
+	if ents, _ := os.ReadDir(filepath.Join(s.Root(), dirTmp)); len(ents) != 0 {
+		t.Errorf("tmp/ not empty: %v", ents)
+	}
+}
