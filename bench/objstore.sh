@@ -29,6 +29,15 @@ elapsed() { calc "$2 - $1"; }
 store_bytes() { # bytes allocated by the store (hardlinks counted once)
 	du -s --block-size=1 "$STORE" | cut -f1
 }
+# dev_written: bytes written so far to the block device under BENCH_DIR
+# (after a sync, so that what a step left dirty counts for that step).
+# Data, metadata and directory blocks alike: what the disk really took.
+dev_written() {
+	sync
+	local d
+	d=$(stat -c %d "$BENCH_DIR")
+	awk '{ printf "%.0f\n", $7 * 512 }' "/sys/dev/block/$((d >> 8)):$((d & 255))/stat" 2>/dev/null || echo 0
+}
 # cold: with COLD=1, writes back and drops the page cache, dentries and
 # inodes before a timed step, so that every step starts from the disk.
 cold() {
@@ -85,7 +94,7 @@ sync
 # times and the medians are reported, with every round's figures.
 # median V...: the middle value (the lower middle one for an even count).
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-CPS=() CPSYNCS=() IMP1S=() CPU1S=() IMP2S=() CPU2S=() INGEST2S=() RATIOS=() W1S=() W2S=()
+CPS=() CPSYNCS=() IMP1S=() CPU1S=() IMP2S=() CPU2S=() INGEST2S=() RATIOS=() W1S=() W2S=() DW1S=() DW2S=()
 for r in $(seq "$ROUNDS"); do
 	echo "== round $r: baseline cp -a"
 	cold
@@ -106,7 +115,9 @@ for r in $(seq "$ROUNDS"); do
 	STORE=$BENCH_DIR/store$r
 	"$UPDATECTL" --store "$STORE" store init >/dev/null
 	w0=$(store_bytes)
+	dw0=$(dev_written)
 	timed IMP1 "$UPDATECTL" --store "$STORE" store import "$TREE"
+	DW1S+=("$(($(dev_written) - dw0))")
 	D1=$(tail -1 "$BENCH_DIR/out")
 	W1S+=("$(($(store_bytes) - w0))")
 	IMP1S+=("$IMP1")
@@ -120,7 +131,9 @@ for r in $(seq "$ROUNDS"); do
 	done
 	sync
 	w0=$(store_bytes)
+	dw0=$(dev_written)
 	timed IMP2 "$UPDATECTL" --store "$STORE" --log-level debug store import "$TREE" 2>"$BENCH_DIR/log2"
+	DW2S+=("$(($(dev_written) - dw0))")
 	# The phases, from the debug log: reading the source tree (stat of
 	# every file, links of the unchanged ones, the changed files' content),
 	# then the commit (barriers, indexing, image.cfs, publish).
@@ -144,6 +157,8 @@ INGEST2=$(median "${INGEST2S[@]}")
 RATIO=$(median "${RATIOS[@]}")
 W1=$(median "${W1S[@]}")
 W2=$(median "${W2S[@]}")
+DW1=$(median "${DW1S[@]}")
+DW2=$(median "${DW2S[@]}")
 for r in $(seq "$ROUNDS"); do # keep the last store for the gc step
 	[ "$r" = "$ROUNDS" ] || rm -rf "$BENCH_DIR/store$r"
 done
@@ -181,6 +196,8 @@ printf '%-46s %.1f %% (rounds: %s)\n' "import 2 / import 1, median of rounds" "$
 printf '%-46s %.2f s walk and links, %.2f s commit and exit\n' "  import 2 phases" "$INGEST2" \
 	"$(calc "$IMP2 - $INGEST2")"
 printf '%-46s %.1f MB (%.1f %% of import 1)\n' "store growth, import 2" "$(calc "$W2 / 1000000")" "$(calc "100 * $W2 / $W1")"
+printf '%-46s %.1f MB, import 2 %.1f MB (%.1f %%)\n' "device writes: import 1" "$(calc "$DW1 / 1000000")" \
+	"$(calc "$DW2 / 1000000")" "$(calc "100 * $DW2 / ($DW1 > 0 ? $DW1 : 1)")"
 printf '%-46s %.2f s, CPU %.2f s\n' "store rm ($GC_FILES objects)" "$RM" "$CPU_RM"
 printf '%-46s %.2f s\n' "store gc after it" "$GC"
 printf '%-46s %s\n' "load average at the end" "$(cut -d" " -f1-3 /proc/loadavg)"
