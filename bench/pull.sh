@@ -13,6 +13,11 @@
 #
 # Usage: bash bench/pull.sh            (run from the repository root; root needed for nothing)
 #        SCALES="1x1" bash bench/pull.sh (one size only)
+#
+# At the scales in INCR (default 1x1) it also pulls a v2 that adds one layer
+# of 5 % more files to v1 (a derived image: 95 % of its objects shared),
+# into the store v1 went to, and prints its time and the disk's writes
+# as a share of v1's: the incremental pull.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CGO_ENABLED=0
@@ -20,6 +25,7 @@ SCALES=${SCALES:-"1x1 2x1 1x2"} # FILESxBYTES multipliers: base, twice the image
 MAX_RATIO=${MAX_RATIO:-1.0}
 MAX_RSS_MB=${MAX_RSS_MB:-150}
 ROUNDS=${ROUNDS:-2}
+INCR=${INCR:-1x1}
 WORK=$(mktemp -d /var/tmp/twinroot-bench-pull.XXXXXX)
 REGPID=
 cleanup() {
@@ -125,6 +131,14 @@ measure() { # OUTFILE CMD... ; prints "wall_seconds max_rss_kb"
 	cat "$out"
 }
 
+# written: bytes the disk under WORK has written so far (after a sync).
+written() {
+	sync
+	local d
+	d=$(stat -c %d "$WORK")
+	awk '{ printf "%.0f\n", $7 * 512 }' "/sys/dev/block/$((d >> 8)):$((d & 255))/stat"
+}
+
 fail=0
 for scale in $SCALES; do
 	echo "== scale $scale"
@@ -133,6 +147,22 @@ for scale in $SCALES; do
 	gen "$src" "${scale%x*}" "${scale#*x}"
 	mkoci_tar "$WORK/layout$scale" v1 "$src"/l0 "$src"/l1 "$src"/l2 "$src"/l3
 	skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$WORK/layout$scale:v1" "docker://$REG/bench/img$scale:v1"
+	if [[ " $INCR " == *" $scale "* ]]; then
+		# v2: v1's layers plus one of 5 % more files (750 per 15,000).
+		python3 -c '
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(7)
+for i in range(n):
+    sub = os.path.join(root, "usr", "lib%d" % (i % 50), "new%d" % (i % 30))
+    os.makedirs(sub, exist_ok=True)
+    with open(os.path.join(sub, "g%d" % i), "wb") as f:
+        f.write(os.urandom(rnd.randint(65, 72 << 10)))
+' "$src/l4" "$((750 * ${scale%x*}))"
+		rm -rf "$WORK/layout$scale"
+		mkoci_tar "$WORK/layout$scale" v2 "$src"/l0 "$src"/l1 "$src"/l2 "$src"/l3 "$src"/l4
+		skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$WORK/layout$scale:v2" "docker://$REG/bench/img$scale:v2"
+	fi
 	rm -rf "$src" "$WORK/layout$scale"
 	# Warm the registry's files into the page cache for both runs alike.
 	cat "$WORK"/registry/docker/registry/v2/blobs/sha256/*/*/data >/dev/null
@@ -167,6 +197,21 @@ EOF
 		tail -1 "$WORK/t.pull.log"
 		rm -rf "$WORK/store$scale"
 	done
+	if [[ " $INCR " == *" $scale "* ]]; then
+		# The incremental pull: v1 into a fresh store, then v2 into it.
+		cat >"$WORK/incr.sh" <<EOF
+exec "$WORK/updatectl" --store "$WORK/incr$scale" pull --tls-verify=false --registries-conf - "docker://$REG/bench/img$scale:\$1"
+EOF
+		w0=$(written)
+		read -r t1 _ < <(measure "$WORK/t.v1" bash "$WORK/incr.sh" v1)
+		w1=$(written)
+		read -r t2 _ < <(measure "$WORK/t.v2" bash "$WORK/incr.sh" v2)
+		w2=$(written)
+		tail -1 "$WORK/t.v2.log"
+		echo "incremental pull: v1 ${t1}s, $(((w1 - w0) / 1000000)) MB written; v2 (+5 % files) ${t2}s, $(((w2 - w1) / 1000000)) MB written"
+		echo "incremental pull / full pull: $(awk -v a="$t2" -v b="$t1" 'BEGIN { printf "%.1f", 100 * a / b }') % of the time, $(awk -v a="$((w2 - w1))" -v b="$((w1 - w0))" 'BEGIN { printf "%.1f", 100 * a / b }') % of the bytes written"
+		rm -rf "$WORK/incr$scale"
+	fi
 	ratio=$(awk -v a="$uwall" -v b="$rwall" 'BEGIN { printf "%.2f", a / b }')
 	echo "image: $files files, $du MB unpacked"
 	echo "reference (skopeo copy + tar -x + sync): best ${rwall}s, peak RSS $((rrss / 1024)) MB (largest process)"
