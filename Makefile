@@ -4,29 +4,59 @@ GO ?= go
 export CGO_ENABLED := 0
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
-STATICCHECK_VERSION := 2026.2.2
 
-# Debian packages the tests, benchmarks and demo need.
+# Go tools, each pinned as package@module-version: the Go module proxy serves
+# semantic versions only (staticcheck's release 2026.2.2 is module v0.8.2).
+# They are installed into $(TOOLS) and run from there, never looked up on PATH.
+TOOLS := $(CURDIR)/.tools
+GO_TOOLS := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+STATICCHECK := $(TOOLS)/staticcheck
+
+# Debian packages the demo needs (test/demo.sh and make build).
+DEMO_DEB_PACKAGES := attr curl docker-registry erofs-utils file fsverity skopeo util-linux
+
+# Debian packages the tests and benchmarks need.
 DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf \
 	systemd-boot-efi busybox-static e2fsprogs cpio kmod attr acl util-linux \
 	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3 xfsprogs btrfs-progs
 
-.PHONY: all deps build test vet lint gotest scripttest bench demo clean
+.PHONY: all deps deps-demo deps-test tools build test vet lint gotest scripttest bench demo clean
 
 all: build
 
-# deps installs what the tests need. Idempotent: apt runs only when a package
-# is missing, and then 'apt-get update' runs once before the install.
-deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
+# apt-install installs those of the Debian packages $(1) that are missing.
+# Idempotent: nothing runs when all are installed; otherwise 'apt-get update'
+# runs once, then one 'apt-get install' of the missing ones.
+define apt-install
+@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing:" $$missing; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
-	@command -v staticcheck >/dev/null 2>&1 && staticcheck --version | grep -q '$(STATICCHECK_VERSION)' || \
-		$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+endef
+
+# deps-demo installs only what make demo uses.
+deps-demo:
+	$(call apt-install,$(DEMO_DEB_PACKAGES))
+
+# deps-test installs everything the tests and benchmarks use: the Debian
+# packages, the Go tools, the VM test kernel and the reference composefs tools.
+deps-test: tools
+	$(call apt-install,$(sort $(DEMO_DEB_PACKAGES) $(DEB_PACKAGES)))
 	@bash test/vm/prepare-kernel.sh >/dev/null
 	@bash bench/reference-tools.sh >/dev/null
+
+deps: deps-test
+
+# tools installs each of $(GO_TOOLS) into $(TOOLS) unless the binary there was
+# built from exactly that package and module version (go version -m).
+tools:
+	@for t in $(GO_TOOLS); do \
+		pkg=$${t%@*}; ver=$${t##*@}; bin=$(TOOLS)/$${pkg##*/}; \
+		$(GO) version -m "$$bin" 2>/dev/null | \
+			awk -v p="$$pkg" -v v="$$ver" '$$1 == "path" { pok = $$2 == p } $$1 == "mod" { vok = $$3 == v } END { exit !(pok && vok) }' || \
+			{ echo "installing $$t into $(TOOLS)"; GOBIN=$(TOOLS) $(GO) install "$$t" || exit 1; }; \
+	done
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/updatectl ./cmd/updatectl
@@ -37,8 +67,8 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-lint: vet
-	PATH="$$PATH:$$($(GO) env GOPATH)/bin" staticcheck ./...
+lint: vet tools
+	$(STATICCHECK) ./...
 
 gotest:
 	$(GO) test -count=1 -timeout 50m ./...
@@ -46,12 +76,12 @@ gotest:
 scripttest: build
 	@for t in test/*_test.sh; do [ -e "$$t" ] || continue; echo "== $$t"; bash "$$t" || exit 1; done
 
-test: deps lint gotest scripttest
+test: deps-test lint gotest scripttest
 
-bench: deps build
+bench: deps-test build
 	@for b in bench/*.sh; do [ -e "$$b" ] || continue; echo "== $$b"; bash "$$b" || exit 1; done
 
-demo: deps build
+demo: deps-demo build
 	bash test/demo.sh
 
 clean:
