@@ -2,6 +2,8 @@ package sync
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -76,5 +78,31 @@ func TestResolveFetchesNoLayer(t *testing.T) {
 
 	if _, err := Resolve(ctx, host+"/os/base:nope", testOpts(WithInsecureRegistries(host))...); err == nil {
 		t.Error("Resolve of a missing tag succeeded")
+	}
+}
+
+// TestErrorClasses: a registry that refuses the credentials gives
+// ErrUnauthorized, one that is not listening ErrUnreachable, so the CLI can
+// name the fix.
+func TestErrorClasses(t *testing.T) {
+	ctx := context.Background()
+	host := memRegistry(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, _, ok := r.BasicAuth(); r.Method == http.MethodGet && !ok {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				http.Error(w, "unauthorized", http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	_, err := Resolve(ctx, host+"/os/auth:1", testOpts(WithInsecureRegistries(host))...)
+	if !errors.Is(err, ErrUnauthorized) || !errors.Is(err, ErrFetch) {
+		t.Errorf("without credentials: %v, want ErrUnauthorized and ErrFetch", err)
+	}
+	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	_, err = Resolve(ctx, dead+"/os/x:1", testOpts(WithInsecureRegistries(dead), WithRetry(0, 0))...)
+	if !errors.Is(err, ErrUnreachable) || errors.Is(err, ErrUnauthorized) {
+		t.Errorf("closed port: %v, want ErrUnreachable", err)
 	}
 }

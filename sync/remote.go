@@ -109,7 +109,7 @@ func newRegistryFetcher(ctx context.Context, ep endpoint, last bool, o *options,
 		err = ping()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrFetch, repo.RegistryStr(), err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrFetch, repo.RegistryStr(), classify(err))
 	}
 	return &registryFetcher{repo: repo, client: &http.Client{Transport: rt}, o: o}, nil
 }
@@ -203,7 +203,22 @@ func mapRegistryError(err error, what string) error {
 	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	return fmt.Errorf("%w: %s: %w", ErrFetch, what, err)
+	return fmt.Errorf("%w: %s: %w", ErrFetch, what, classify(err))
+}
+
+// classify adds ErrUnauthorized or ErrUnreachable to a registry failure
+// that is one, so callers can name the fix without knowing ggcr.
+func classify(err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
+		return fmt.Errorf("%w: %w", ErrUnauthorized, err)
+	}
+	var op *net.OpError
+	var dns *net.DNSError
+	if errors.As(err, &op) || errors.As(err, &dns) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
+	return err
 }
 
 func (f *registryFetcher) manifest(ctx context.Context, ref string, max int64) ([]byte, error) {

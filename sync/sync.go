@@ -34,6 +34,12 @@ var (
 	ErrFetch          = errors.New("sync: fetch failed")
 	ErrNoSpace        = errors.New("sync: not enough free space")
 	ErrBadRecord      = errors.New("sync: malformed layer record")
+	// ErrUnauthorized: the registry refused the request for lack of (or
+	// with wrong) credentials (HTTP 401/403, also wrapped by ErrFetch).
+	ErrUnauthorized = errors.New("sync: registry refused the credentials")
+	// ErrUnreachable: no connection to the registry (refused, no route,
+	// DNS, timeout), also wrapped by ErrFetch.
+	ErrUnreachable = errors.New("sync: registry unreachable")
 )
 
 // Limits bound what one image can make a pull do. Zero fields take the
