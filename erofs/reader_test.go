@@ -14,10 +14,12 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/twinroot/twinroot/internal/testshared"
 )
 
 // vectorDir holds the composefs golden vectors (see its README.md).
-const vectorDir = "/work/shared/vectors/composefs"
+var vectorDir = testshared.Path("vectors", "composefs")
 
 // gunzipFile returns the decompressed content of a .gz file.
 func gunzipFile(t testing.TB, path string) []byte {

@@ -14,12 +14,14 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/twinroot/twinroot/internal/testshared"
 )
 
-// upstreamVectorDir is where the shared golden vectors live, relative to the
-// repository root (the package directory's parent).
+// upstreamVectorDir is where the shared golden vectors live: shared/ beside
+// the checkout (see internal/testshared).
 func upstreamVectorDir() string {
-	return filepath.Join("..", "..", "shared", "vectors", "composefs")
+	return testshared.Path("vectors", "composefs")
 }
 
 const localVectorDir = "testdata/vectors"

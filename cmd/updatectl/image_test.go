@@ -13,10 +13,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/twinroot/twinroot/internal/testshared"
+
 	"golang.org/x/sys/unix"
 )
 
-const composefsVectors = "/work/shared/vectors/composefs"
+var composefsVectors = testshared.Path("vectors", "composefs")
 
 // gunzipTo writes the decompressed .gz file src to dst.
 func gunzipTo(t *testing.T, src, dst string) {
