@@ -1,0 +1,370 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/twinroot/twinroot/internal/bootarg"
+	"github.com/twinroot/twinroot/internal/vmtest"
+	"github.com/twinroot/twinroot/verity"
+)
+
+// In the guest: the binary, the physical root's device and mount point.
+const (
+	guestBin      = "/vmtest/twinroot-setup-root"
+	guestDisk     = "/dev/vda"
+	guestSysroot  = "/sysroot"
+	fixtureRecord = "fixture.cmdline" // on the disk: the command line boot 2 uses
+	envBenchRuns  = "TWINROOT_BENCH_SETUPROOT"
+)
+
+// vmConfig boots the guest with the setup-root binary and disk as
+// /dev/vda, left unmounted: the guest test mounts it at /sysroot as an
+// initramfs would.
+func vmConfig(bin, disk string, env ...string) vmtest.Config {
+	return vmtest.Config{
+		Disks:   []vmtest.Disk{{Image: disk}},
+		Files:   []vmtest.File{{Host: bin, Guest: guestBin, Mode: 0o755}},
+		Env:     env,
+		Timeout: 300 * time.Second,
+	}
+}
+
+// vmHost prepares the host side of a VM test: the binary and an empty
+// ext4 with the verity feature on a host file that survives several boots.
+func vmHost(t *testing.T) (bin, disk string) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed: cannot boot the vmtest guest")
+	}
+	if _, err := vmtest.Prepare(t.Context()); err != nil {
+		t.Skipf("no guest kernel: %v", err)
+	}
+	bin = setupRootBinary(t)
+	disk = filepath.Join(t.TempDir(), "physical-root.ext4")
+	f, err := os.Create(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(256 << 20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "nodiscard", "-O", "verity", disk).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	return bin, disk
+}
+
+// TestSetupRootVM runs setup-root for real under Debian's 6.12 kernel with
+// fs-verity, twice on one disk, with / made recursively shared first as
+// systemd does in an initrd. Boot 1 makes a store and a deployment on the
+// disk (objstore seals every object and image.cfs), checks that a digest
+// that does not match refuses with the physical root untouched, then sets
+// up the root and checks it (verity=require in the overlay's mount
+// options, the image's content, the deployment's /etc, /var and /sysroot),
+// and leaves a file in /var. Boot 2 sets up the same deployment again,
+// finds that file, and flips one byte of an object on the block device:
+// reading that file through the new root gives EIO.
+func TestSetupRootVM(t *testing.T) {
+	var bin, disk string
+	if !vmtest.InGuest() {
+		bin, disk = vmHost(t)
+	}
+	ok := t.Run("boot1", func(t *testing.T) {
+		if !vmtest.InGuest() {
+			vmtest.RunTestInGuest(t, vmConfig(bin, disk))
+			return
+		}
+		guestBoot1(t)
+	})
+	if !ok && !vmtest.InGuest() {
+		t.Fatal("boot 1 failed: not booting the disk again")
+	}
+	t.Run("boot2", func(t *testing.T) {
+		if !vmtest.InGuest() {
+			vmtest.RunTestInGuest(t, vmConfig(bin, disk))
+			return
+		}
+		guestBoot2(t)
+	})
+}
+
+// mountPhysicalRoot mounts the disk at /sysroot, as sysroot.mount or
+// initramfs-tools would, after making / shared as systemd does.
+func mountPhysicalRoot(t *testing.T) {
+	t.Helper()
+	if err := unix.Mount("", "/", "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		t.Fatalf("making / shared: %v", err)
+	}
+	for _, d := range []string{guestSysroot, "/run"} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount(guestDisk, guestSysroot, "ext4", 0, ""); err != nil {
+		t.Fatalf("mounting %s on %s: %v", guestDisk, guestSysroot, err)
+	}
+	t.Cleanup(func() { unmountAll(t, guestSysroot); unix.Sync() })
+}
+
+// runGuest runs the binary in the guest with the default paths
+// (/sysroot, /run) and the command line in a file.
+func runGuest(t *testing.T, cmdline string) runResult {
+	t.Helper()
+	return runBinary(t, guestBin, cmdline)
+}
+
+func guestBoot1(t *testing.T) {
+	mountPhysicalRoot(t)
+	fx := makeFixture(t, guestSysroot)
+	img := filepath.Join(guestSysroot, storeDir, imagesDir, fx.arg.Image.Hex(), imageFile)
+	if f, err := os.Open(img); err != nil {
+		t.Fatal(err)
+	} else if m, err := verity.Measure(f); err != nil || m != fx.arg.Image {
+		t.Fatalf("image.cfs measures %v, %v; want it sealed as %s", m, err, fx.arg.Image)
+	} else {
+		f.Close()
+	}
+	if err := os.WriteFile(filepath.Join(guestSysroot, fixtureRecord), []byte(fx.cmdline()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	// A wrong digest: an image directory of that name holding a sealed
+	// copy of the real image.cfs, so the kernel's measurement is what
+	// refuses (not a missing file).
+	wrongDir := filepath.Join(guestSysroot, storeDir, imagesDir, otherDigest.Hex())
+	b, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTree(t, wrongDir, map[string][]byte{imageFile: b})
+	if f, err := os.Open(filepath.Join(wrongDir, imageFile)); err != nil {
+		t.Fatal(err)
+	} else if err := verity.Enable(f, verity.SHA256); err != nil {
+		t.Fatal(err)
+	} else {
+		f.Close()
+	}
+	wrong := bootarg.Arg{ID: fx.arg.ID, Image: otherDigest}
+	r := runGuest(t, "root=/dev/vda rw "+wrong.String())
+	if r.code != 1 {
+		t.Errorf("wrong digest: exit status %d, want 1", r.code)
+	}
+	for _, w := range []string{"refusing to boot deployment " + fx.arg.ID, "has fs-verity digest " + fx.arg.Image.String(),
+		"command line names " + otherDigest.String(), "NOT mounted"} {
+		if !strings.Contains(r.output, w) {
+			t.Errorf("wrong digest: output lacks %q", w)
+		}
+	}
+	if fstype, _ := mountInfo(t, guestSysroot); fstype != "ext4" {
+		t.Errorf("after the refusal %s is %s, want the physical root (ext4)", guestSysroot, fstype)
+	}
+	if ms := mountsUnder(t, guestSysroot); !slices.Equal(ms, []string{guestSysroot}) {
+		t.Errorf("mounts under %s after the refusal: %v", guestSysroot, ms)
+	}
+	if err := os.RemoveAll(wrongDir); err != nil {
+		t.Fatal(err)
+	}
+
+	// The real boot.
+	r = runGuest(t, fx.cmdline())
+	if r.code != 0 {
+		t.Fatalf("setup-root: exit status %d", r.code)
+	}
+	checkRequire(t)
+	checkNewRoot(t, guestSysroot, fx)
+	if err := os.WriteFile(filepath.Join(guestSysroot, "var/persist"), []byte("written in boot 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logTimes(t, r.output)
+}
+
+func guestBoot2(t *testing.T) {
+	mountPhysicalRoot(t)
+	b, err := os.ReadFile(filepath.Join(guestSysroot, fixtureRecord))
+	if err != nil {
+		t.Fatalf("boot 1 left no fixture: %v", err)
+	}
+	arg, err := bootarg.Parse(string(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := fixture{sysroot: guestSysroot, arg: arg, files: imageFiles, etc: deploymentEtc}
+	r := runGuest(t, string(b))
+	if r.code != 0 {
+		t.Fatalf("setup-root: exit status %d", r.code)
+	}
+	if strings.Contains(r.output, "created the persistent /var") {
+		t.Errorf("boot 2 created /var again")
+	}
+	checkRequire(t)
+	if got, err := os.ReadFile(filepath.Join(guestSysroot, "var/persist")); err != nil || string(got) != "written in boot 1\n" {
+		t.Errorf("/var/persist in boot 2: %q, %v; want boot 1's file", got, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(guestSysroot, "etc/written-at-runtime")); err != nil || string(got) != "runtime\n" {
+		t.Errorf("/etc/written-at-runtime in boot 2: %q, %v; want boot 1's file", got, err)
+	}
+	checkNewRoot(t, guestSysroot, fx)
+	logTimes(t, r.output)
+
+	// Tamper with the object of usr/share/big on the block device.
+	const name, off = "usr/share/big", 4096 + 100
+	content := imageFiles[name]
+	obj := filepath.Join(guestSysroot, "sysroot", storeDir, "objects", verity.DigestBytes(content, verity.SHA256).ObjectPath())
+	phys := physicalOffset(t, obj, off)
+	d, err := os.OpenFile(guestDisk, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := make([]byte, 1)
+	if _, err := d.ReadAt(one, phys); err != nil {
+		t.Fatal(err)
+	}
+	if one[0] != content[off] {
+		t.Fatalf("%s at %d holds %#x, the object's byte %d is %#x: wrong physical offset", guestDisk, phys, one[0], off, content[off])
+	}
+	one[0] ^= 0xff
+	if _, err := d.WriteAt(one, phys); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(filepath.Join(guestSysroot, name)); !errors.Is(err, syscall.EIO) {
+		t.Errorf("reading the tampered %s through the new root: %v, want EIO", name, err)
+	}
+	if got, err := os.ReadFile(filepath.Join(guestSysroot, "usr/bin/hello")); err != nil || !bytes.Equal(got, imageFiles["usr/bin/hello"]) {
+		t.Errorf("an intact file after the tampering: %d bytes, %v", len(got), err)
+	}
+}
+
+// checkRequire checks that the root at /sysroot is the overlay with
+// verity=require.
+func checkRequire(t *testing.T) {
+	t.Helper()
+	fstype, opts := mountInfo(t, guestSysroot)
+	if fstype != "overlay" || !slices.Contains(opts, "verity=require") {
+		t.Errorf("%s is %s with %v; want overlay with verity=require", guestSysroot, fstype, opts)
+	}
+}
+
+var (
+	stepRe  = regexp.MustCompile(`step=(\S+) ms=([0-9.]+)`)
+	totalRe = regexp.MustCompile(`t=([0-9.]+)ms level=INFO msg="new root in place"`)
+)
+
+// stepTimes parses the binary's log: the milliseconds of each step and the
+// time since the process started at which the new root was in place.
+func stepTimes(out string) (steps map[string]float64, total float64, err error) {
+	steps = map[string]float64{}
+	for _, m := range stepRe.FindAllStringSubmatch(out, -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		steps[m[1]] = v
+	}
+	m := totalRe.FindStringSubmatch(out)
+	if m == nil {
+		return nil, 0, fmt.Errorf("no \"new root in place\" line in the log")
+	}
+	total, err = strconv.ParseFloat(m[1], 64)
+	return steps, total, err
+}
+
+func logTimes(t *testing.T, out string) {
+	t.Helper()
+	steps, total, err := stepTimes(out)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	t.Logf("setup-root: root in place after %.3f ms, of which EROFS+overlay mount %.3f ms (steps %v)", total, steps["mount"], steps)
+}
+
+// physicalOffset returns the byte offset on the device of byte off of the
+// file at p (FIBMAP; ext4 with 4096-byte blocks).
+func physicalOffset(t *testing.T, p string, off int64) int64 {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const fibmap = 1 // FIBMAP from linux/fs.h
+	blk := int32(off / 4096)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fibmap, uintptr(unsafe.Pointer(&blk))); e != 0 {
+		t.Fatalf("FIBMAP %s: %v", p, e)
+	}
+	if blk == 0 {
+		t.Fatalf("FIBMAP %s: block %d is a hole", p, off/4096)
+	}
+	return int64(blk)*4096 + off%4096
+}
+
+// TestSetupRootBenchVM is the setup-root benchmark (bench/setup-root.sh):
+// with TWINROOT_BENCH_SETUPROOT=N it boots the guest once and runs the
+// binary N times on the fixture (tearing the root down between runs), and
+// prints the medians of the time until the new root is in place, of the
+// EROFS+overlay mount step, of their difference, and of the wall time of
+// the process as the caller sees it. Timings are printed, never asserted.
+func TestSetupRootBenchVM(t *testing.T) {
+	runs, _ := strconv.Atoi(os.Getenv(envBenchRuns))
+	if !vmtest.InGuest() {
+		if runs <= 0 {
+			t.Skipf("benchmark: set %s=<runs> (bench/setup-root.sh does)", envBenchRuns)
+		}
+		bin, disk := vmHost(t)
+		vmtest.RunTestInGuest(t, vmConfig(bin, disk, envBenchRuns+"="+strconv.Itoa(runs)))
+		return
+	}
+	mountPhysicalRoot(t)
+	fx := makeFixture(t, guestSysroot)
+	var totals, mounts, overheads, walls []float64
+	for i := range runs {
+		begin := time.Now()
+		r := runBinary(t, guestBin, fx.cmdline())
+		wall := time.Since(begin)
+		if r.code != 0 {
+			t.Fatalf("run %d: exit status %d", i, r.code)
+		}
+		steps, total, err := stepTimes(r.output)
+		if err != nil {
+			t.Fatal(err)
+		}
+		totals, mounts = append(totals, total), append(mounts, steps["mount"])
+		overheads = append(overheads, total-steps["mount"])
+		walls = append(walls, float64(wall.Microseconds())/1000)
+		unmountAll(t, guestSysroot)
+		if err := unix.Mount(guestDisk, guestSysroot, "ext4", 0, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("BENCH setup-root runs=%d root-in-place-ms=%.2f mount-ms=%.2f overhead-ms=%.2f process-wall-ms=%.2f (medians; overhead = root in place - EROFS+overlay mount)",
+		runs, median(totals), median(mounts), median(overheads), median(walls))
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
