@@ -16,7 +16,7 @@ STATICCHECK := $(TOOLS)/staticcheck
 DEMO_DEB_PACKAGES := attr curl docker-registry erofs-utils file fsverity skopeo util-linux
 
 # Debian packages the tests and benchmarks need.
-DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf \
+DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf mtools dosfstools \
 	systemd-boot-efi busybox-static e2fsprogs cpio kmod attr acl util-linux \
 	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3 xfsprogs btrfs-progs
 

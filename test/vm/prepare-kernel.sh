@@ -26,7 +26,7 @@ KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 # Modules to load in the guest; their dependencies (modules.dep and softdeps)
 # are added in load order. Names that are built into the kernel are skipped.
-MODULES=(virtio_pci virtio_blk crc32c_generic crc32c-intel ext4 erofs overlay loop
+MODULES=(virtio_pci virtio_blk crc32c_generic crc32c-intel ext4 erofs overlay loop vfat nls_cp437 nls_ascii efivarfs
 	sha256_generic sha512_generic)
 # The recipe is part of the completion stamp: changing it rebuilds base.cpio.
 RECIPE="v1 ${MODULES[*]}"
