@@ -1,0 +1,46 @@
+package boot
+
+import (
+	"bytes"
+	"reflect"
+	"testing"
+)
+
+func FuzzParseEntry(f *testing.F) {
+	f.Add([]byte("title a\nversion 1\nlinux /k\ninitrd /i\noptions root=/dev/vda rw\n"))
+	f.Add([]byte("# c\n\n\tkey\tvalue  \r\nk\n"))
+	f.Add([]byte("sort-key twinroot-0\nx y z\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		e, err := ParseEntry(data)
+		if err != nil {
+			return
+		}
+		out := e.Marshal()
+		e2, err := ParseEntry(out)
+		if err != nil {
+			t.Fatalf("re-parse of %q: %v", out, err)
+		}
+		if !reflect.DeepEqual(e.Fields, e2.Fields) {
+			t.Fatalf("round trip changed the fields:\n%q\n%q", e.Fields, e2.Fields)
+		}
+		if !bytes.Equal(out, e2.Marshal()) {
+			t.Fatalf("print is not stable")
+		}
+	})
+}
+
+func FuzzParseEntryName(f *testing.F) {
+	f.Add("twinroot-1-abc.0+3.conf")
+	f.Add("a+2-1.conf")
+	f.Add("a+b.conf")
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseEntryName(s)
+		if err != nil {
+			return
+		}
+		n2, err := ParseEntryName(n.String())
+		if err != nil || n2 != n {
+			t.Fatalf("%q → %+v → %q → %+v, %v", s, n, n.String(), n2, err)
+		}
+	})
+}
