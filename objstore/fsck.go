@@ -39,6 +39,9 @@ const (
 	// ProblemLinkCount: an object's link count is lower than the links fsck
 	// found (filesystem damage).
 	ProblemLinkCount
+	// ProblemDanglingRoot: a GC root names an image that is not committed,
+	// or does not parse.
+	ProblemDanglingRoot
 )
 
 func (k ProblemKind) String() string {
@@ -57,6 +60,8 @@ func (k ProblemKind) String() string {
 		return "unreferenced-object"
 	case ProblemLinkCount:
 		return "link-count"
+	case ProblemDanglingRoot:
+		return "dangling-root"
 	}
 	return fmt.Sprintf("problem%d", int(k))
 }
@@ -254,6 +259,17 @@ func (s *Store) Fsck(ctx context.Context, opts FsckOptions) (FsckResult, error) 
 	}
 	if ents, err := os.ReadDir(filepath.Join(s.root, dirRemoved)); err == nil {
 		res.Pending = len(ents)
+	}
+	// 5. Roots name committed images.
+	roots, err := s.Roots(ctx)
+	if err != nil {
+		add(Problem{Kind: ProblemDanglingRoot, Path: filepath.Join(s.root, dirRoots), Detail: err.Error()})
+	}
+	for name, d := range roots {
+		if _, err := os.Lstat(filepath.Join(s.ImageDir(d), fileImage)); err != nil {
+			add(Problem{Kind: ProblemDanglingRoot, Path: filepath.Join(s.root, dirRoots, name), Image: d,
+				Detail: "names an image that is not in the store"})
+		}
 	}
 	return res, nil
 }

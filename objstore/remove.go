@@ -58,11 +58,29 @@ func (s *Store) Remove(ctx context.Context, d verity.Digest) error {
 		}
 		return fmt.Errorf("objstore: image %s: %w", d, err)
 	}
+	// roots.lock held exclusively from the check of the roots to the
+	// rename: AddRoot either wrote its root before (and Remove refuses) or
+	// finds the image gone after.
+	rl, err := s.rootsLock(unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	roots, err := s.Roots(ctx)
+	if err != nil {
+		rl.Close()
+		return fmt.Errorf("objstore: removing image %s: %w", d, err)
+	}
+	if names := rootsOf(roots, d); len(names) > 0 {
+		rl.Close()
+		return &RootedError{Image: d, Roots: names}
+	}
 	var rb [6]byte
 	_, _ = rand.Read(rb[:])
 	name := d.Hex() + "." + hex.EncodeToString(rb[:])
 	dst := filepath.Join(s.root, dirRemoved, name)
-	if err := os.Rename(src, dst); err != nil {
+	err = os.Rename(src, dst)
+	rl.Close()
+	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("objstore: image %s: %w", d, ErrNotFound)
 		}
@@ -93,6 +111,9 @@ func (s *Store) finishRemovals(ctx context.Context, dry bool) (done, inUse int, 
 		if err := ctx.Err(); err != nil {
 			return done, inUse, err
 		}
+		if !s.ownRemoval(e.Name()) {
+			continue // another package's (deploy's "deploy-<id>.<suffix>")
+		}
 		ok, err := s.finishRemoval(ctx, e.Name(), dry)
 		if err != nil {
 			return done, inUse, err
@@ -104,6 +125,18 @@ func (s *Store) finishRemovals(ctx context.Context, dry bool) (done, inUse int, 
 		}
 	}
 	return done, inUse, nil
+}
+
+// ownRemoval reports whether removed/<name> is an image removal of this
+// package: "<image hex>.<suffix>". Other names in removed/ belong to other
+// packages that use the same rename-then-delete protocol (deploy).
+func (s *Store) ownRemoval(name string) bool {
+	hexd, _, ok := strings.Cut(name, ".")
+	if !ok {
+		return false
+	}
+	_, ok = s.parseImageName(hexd)
+	return ok
 }
 
 // finishRemoval deletes removed/<name> if nothing uses it, object by

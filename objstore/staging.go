@@ -1027,3 +1027,29 @@ func (st *Staging) Checkpoint(ctx context.Context) error {
 	}
 	return st.indexPending()
 }
+
+// TempDir is a private directory under tmp/ for another package's build
+// (deploy builds deployments there): it follows the staging protocol, so
+// Open and GC leave it alone while it is held and remove it once its
+// holder is gone.
+type TempDir struct{ st *Staging }
+
+// NewTempDir creates tmp/<name>/, held until Release.
+func (s *Store) NewTempDir(ctx context.Context) (*TempDir, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := s.newStagingDir()
+	if err != nil {
+		return nil, err
+	}
+	return &TempDir{st: st}, nil
+}
+
+// Path returns the directory (on the store's filesystem, so it can be
+// renamed into place).
+func (t *TempDir) Path() string { return t.st.dir }
+
+// Release removes whatever is still at Path (nothing, once it has been
+// renamed away), then its lock file, and drops the lock.
+func (t *TempDir) Release() error { return t.st.remove() }

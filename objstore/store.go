@@ -94,6 +94,9 @@ var (
 	ErrAlgorithm = errors.New("objstore: digest algorithm mismatch")
 	// ErrClosed: the store or staging area is closed.
 	ErrClosed = errors.New("objstore: closed")
+	// ErrRooted: a GC root (a deployment) keeps the image; Remove refuses
+	// it with a *RootedError naming the roots.
+	ErrRooted = errors.New("objstore: image is a gc root")
 )
 
 // Options configure Open.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -140,9 +141,13 @@ func newStoreRmCmd(a *app) *cobra.Command {
 					continue
 				}
 				err = s.Remove(ctx, d)
+				var rooted *objstore.RootedError
 				switch {
 				case errors.Is(err, objstore.ErrInUse):
 					fmt.Fprintf(a.stderr, "updatectl: %s: in use; removal deferred until it is unmounted (gc finishes it)\n", d.Hex())
+				case errors.As(err, &rooted):
+					fmt.Fprintf(a.stderr, "updatectl: %s: kept by %s; remove the deployment first\n", d.Hex(), rootOwners(rooted.Roots))
+					failed = true
 				case err != nil:
 					fmt.Fprintf(a.stderr, "updatectl: %v\n", err)
 					failed = true
@@ -154,6 +159,20 @@ func newStoreRmCmd(a *app) *cobra.Command {
 			return nil
 		}),
 	}
+}
+
+// rootOwners names what keeps an image: "deployment ID" for deploy's
+// "deploy-ID" roots, "root NAME" for any other.
+func rootOwners(roots []string) string {
+	var out []string
+	for _, r := range roots {
+		if id, ok := strings.CutPrefix(r, "deploy-"); ok {
+			out = append(out, "deployment "+id)
+		} else {
+			out = append(out, "root "+r)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func newStoreGCCmd(a *app) *cobra.Command {
