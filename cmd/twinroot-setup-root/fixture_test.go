@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/twinroot/twinroot/deploy"
 	"github.com/twinroot/twinroot/internal/bootarg"
 	"github.com/twinroot/twinroot/internal/vmtest"
 	"github.com/twinroot/twinroot/objstore"
@@ -60,9 +61,11 @@ func writeTree(t *testing.T, dir string, files map[string][]byte) {
 }
 
 // makeFixture creates <sysroot>/twinroot with the image imported by
-// objstore (sealed with fs-verity where the file system has it) and
-// deployment <first 12 hex>.0 whose etc/ holds deploymentEtc, written as
-// CONTRACT.md lays deployments out (deploy.Manager is not on main yet).
+// objstore (sealed with fs-verity where the file system has it) and a
+// deployment of it made by deploy.Manager (its etc/ the image's /etc, the
+// persistent /var seeded from the image's), whose /etc then gets local
+// changes as a user would make them: deploymentEtc written, image-only
+// deleted.
 func makeFixture(t *testing.T, sysroot string) fixture {
 	t.Helper()
 	ctx := context.Background()
@@ -77,12 +80,16 @@ func makeFixture(t *testing.T, sysroot string) fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := res.Digest.Hex()[:12] + ".0"
-	if err := bootarg.CheckID(id); err != nil {
+	m := deploy.New(s, sysroot, nil)
+	d, err := m.Create(ctx, deploy.CreateOptions{Image: res.Digest, Origin: deploy.Origin{Ref: "import:" + src}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	writeTree(t, filepath.Join(sysroot, storeDir, deploymentsDir, id, "etc"), deploymentEtc)
-	return fixture{sysroot: sysroot, arg: bootarg.Arg{ID: id, Image: res.Digest}, files: imageFiles, etc: deploymentEtc}
+	writeTree(t, m.EtcDir(d.ID), deploymentEtc)
+	if err := os.Remove(filepath.Join(m.EtcDir(d.ID), "image-only")); err != nil {
+		t.Fatal(err)
+	}
+	return fixture{sysroot: sysroot, arg: bootarg.Arg{ID: d.ID, Image: res.Digest}, files: imageFiles, etc: deploymentEtc}
 }
 
 // cmdline returns a kernel command line naming the fixture, plus extra.
@@ -193,7 +200,10 @@ func checkNewRoot(t *testing.T, target string, fx fixture) {
 		}
 	}
 	if _, err := os.Stat(filepath.Join(target, "etc/image-only")); err == nil {
-		t.Errorf("/etc/image-only is visible: /etc is the image's, not the deployment's")
+		t.Errorf("/etc/image-only, deleted from the deployment's /etc, is visible: /etc is not the deployment's")
+	}
+	if got, err := os.ReadFile(filepath.Join(target, "var/lib/seed")); err != nil || !bytes.Equal(got, fx.files["var/lib/seed"]) {
+		t.Errorf("/var/lib/seed (seeded from the image's /var): %q, %v", got, err)
 	}
 	inner := filepath.Join(target, "sysroot")
 	depEtc := filepath.Join(inner, storeDir, deploymentsDir, fx.arg.ID, "etc")
