@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED := 0
+# The pure-Go OpenPGP backend of go.podman.io/image's signature package (no
+# gpgme, no cgo). Without the tag everything still builds, but trust.Check
+# refuses any policy other than insecureAcceptAnything (trust.ErrNoEngine).
+export GOFLAGS := -tags=containers_image_openpgp
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
@@ -18,7 +22,7 @@ DEMO_DEB_PACKAGES := attr curl docker-registry erofs-utils file fsverity skopeo 
 # Debian packages the tests and benchmarks need.
 DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf mtools dosfstools \
 	systemd-boot-efi busybox-static e2fsprogs cpio kmod attr acl util-linux \
-	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3 xfsprogs btrfs-progs
+	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3 xfsprogs btrfs-progs gnupg
 
 .PHONY: all deps deps-demo deps-test tools build test vet lint gotest scripttest bench demo clean
 
