@@ -115,7 +115,12 @@ func resolveOCI(ctx context.Context, f *ociFetcher, tag, source string, want v1.
 	if err := checkDigest("manifest", m, d.Digest, d.Size); err != nil {
 		return nil, err
 	}
-	return resolveRaw(ctx, f, m, source, want, lim)
+	img, err := resolveRaw(ctx, f, m, source, want, lim)
+	if err != nil {
+		return nil, err
+	}
+	img.setTop(m)
+	return img, nil
 }
 
 // dirBlobs reads a layout directory. Names come from blobName, never from

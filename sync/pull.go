@@ -2,19 +2,25 @@ package sync
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.podman.io/image/v5/docker/reference"
+	"go.podman.io/image/v5/pkg/sysregistriesv2"
+	"go.podman.io/image/v5/types"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
 	"github.com/twinroot/twinroot/objstore"
+	"github.com/twinroot/twinroot/trust"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -31,6 +37,51 @@ type Result struct {
 	BytesFetched  int64 // compressed layer bytes downloaded (including retries)
 	ObjectsNew    int
 	ObjectsReused int
+	// Trust is how the signature policy judged the image (checked before
+	// anything was fetched into the store).
+	Trust trust.Verdict
+	// Version is the image's version label, creation time and signed
+	// floor, for anti-downgrade checks.
+	Version trust.Version
+	// TopManifest is the digest the reference resolved to (an index, or
+	// Manifest itself) and the one signatures sign.
+	TopManifest string
+}
+
+// Index returns the index digest when the image was chosen from an index
+// ("" otherwise).
+func (r Result) Index() string {
+	if r.TopManifest == r.Manifest {
+		return ""
+	}
+	return r.TopManifest
+}
+
+// Provenance is what sync records in objstore.ImageMeta.Extra for each
+// pulled image.
+type Provenance struct {
+	// Trust is the signature policy's verdict at pull time.
+	Trust *trust.Verdict `json:"trust,omitempty"`
+	// Version is the image's version, creation time and signed floor.
+	Version trust.Version `json:"version,omitzero"`
+	// Index is the digest of the index the image manifest was chosen from.
+	Index string `json:"index,omitempty"`
+}
+
+// ProvenanceOf decodes what Pull recorded in an image's meta.json; an
+// image committed by something else (store import) has none, and gets the
+// version from its labels with Trust nil.
+func ProvenanceOf(meta objstore.ImageMeta) (Provenance, error) {
+	var p Provenance
+	if len(meta.Extra) > 0 {
+		if err := json.Unmarshal(meta.Extra, &p); err != nil {
+			return p, fmt.Errorf("%w: image meta extra: %w", ErrBadRecord, err)
+		}
+	}
+	if p.Version == (trust.Version{}) {
+		p.Version = trust.VersionOf(meta.Labels, time.Time{})
+	}
+	return p, nil
 }
 
 // checkpointer is the optional part of a staging that makes the objects of
@@ -61,9 +112,20 @@ func Pull(ctx context.Context, store *objstore.Store, ref string, opts ...Option
 		return res, err
 	}
 	defer closeSrc()
-	res = Result{Source: img.source, Manifest: img.manifestDigest.String(), Config: img.configDigest.String(), Layers: len(img.manifest.Layers)}
+	res = Result{Source: img.source, Manifest: img.manifestDigest.String(), Config: img.configDigest.String(), Layers: len(img.manifest.Layers),
+		Version: trust.VersionOf(img.config.Config.Labels, img.config.Created.Time), TopManifest: img.topDigest.String()}
 	o.emit(Event{Kind: "resolved", Ref: img.source, Manifest: res.Manifest, Layers: res.Layers})
 	o.log.Info("resolved", "ref", img.source, "manifest", res.Manifest, "layers", res.Layers)
+
+	// The signature policy, before anything is written to the store.
+	if res.Trust, err = o.checkTrust(ctx, img); err != nil {
+		return res, err
+	}
+	if o.accept != nil {
+		if err := o.accept(res); err != nil {
+			return res, err
+		}
+	}
 
 	alg := store.Algorithm()
 	recDir, err := store.StateDir("layers")
@@ -130,7 +192,11 @@ func Pull(ctx context.Context, store *objstore.Store, ref string, opts ...Option
 		return res, err
 	}
 	o.emit(Event{Kind: "committing", Ref: img.source})
-	meta := objstore.ImageMeta{Source: img.source, Manifest: res.Manifest, Config: res.Config, Labels: labels(img.config)}
+	extra, err := json.Marshal(Provenance{Trust: &res.Trust, Version: res.Version, Index: res.Index()})
+	if err != nil {
+		return res, err
+	}
+	meta := objstore.ImageMeta{Source: img.source, Manifest: res.Manifest, Config: res.Config, Labels: labels(img.config), Extra: extra}
 	d, err := st.Commit(ctx, root, meta)
 	if err != nil {
 		return res, err
@@ -311,12 +377,12 @@ func (o *options) linkRecorded(ctx context.Context, img *image, root *erofs.Node
 // open resolves ref to a verified manifest and config.
 func open(ctx context.Context, ref string, plat v1.Platform, lim Limits, o *options) (*image, func(), error) {
 	var local func(string) (*ociFetcher, string, func(), error)
-	var arg string
+	var arg, transport string
 	switch {
 	case strings.HasPrefix(ref, "oci:"):
-		local, arg = openOCIDir, strings.TrimPrefix(ref, "oci:")
+		local, arg, transport = openOCIDir, strings.TrimPrefix(ref, "oci:"), trust.TransportOCI
 	case strings.HasPrefix(ref, "oci-archive:"):
-		local, arg = openOCIArchive, strings.TrimPrefix(ref, "oci-archive:")
+		local, arg, transport = openOCIArchive, strings.TrimPrefix(ref, "oci-archive:"), trust.TransportOCIArchive
 	}
 	if local != nil {
 		f, tag, closeFn, err := local(arg)
@@ -328,73 +394,113 @@ func open(ctx context.Context, ref string, plat v1.Platform, lim Limits, o *opti
 			closeFn()
 			return nil, nil, err
 		}
+		img.transport, img.policyRef = transport, arg
 		return img, closeFn, nil
 	}
 	img, err := openRegistry(ctx, ref, plat, lim, o)
 	return img, func() {}, err
 }
 
-// openRegistry resolves a registry reference, trying the mirrors that
-// registries.conf lists for it before the registry itself.
+// openRegistry resolves a registry reference: a short name through
+// registries.conf's aliases or search registries, then each name through
+// its mirrors before the registry itself.
 func openRegistry(ctx context.Context, ref string, plat v1.Platform, lim Limits, o *options) (*image, error) {
 	s := strings.TrimPrefix(ref, "docker://")
 	if strings.Contains(s, "://") {
 		return nil, fmt.Errorf("%w: %q (want docker://, oci: or oci-archive:)", ErrBadReference, ref)
 	}
-	r, err := name.ParseReference(s, name.WeakValidation)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadReference, err)
+	sys := o.systemContext()
+	// Read registries.conf afresh: c/image caches it per process.
+	if _, err := sysregistriesv2.TryUpdatingCache(sys); err != nil {
+		return nil, fmt.Errorf("registries.conf (%s): %w", sysregistriesv2.ConfigurationSourceDescription(sys), err)
 	}
-	if o.noVerify {
-		o.insecure = append(o.insecure, r.Context().RegistryStr())
-	}
-	repo := r.Context().Name()
-	if rest, ok := strings.CutPrefix(repo, name.DefaultRegistry+"/"); ok {
-		repo = "docker.io/" + rest
-	}
-	confPath := o.regConf
-	if confPath == "" {
-		confPath = o.env("CONTAINERS_REGISTRIES_CONF")
-	}
-	if confPath == "" {
-		confPath = DefaultRegistriesConf
-	}
-	conf := &registriesConf{}
-	if confPath != "-" {
-		if conf, err = loadRegistriesConf(confPath); err != nil {
-			return nil, err
-		}
-		if u := conf.unsupported(); len(u) > 0 {
-			o.log.Warn("registries.conf settings not honoured", "path", confPath, "settings", strings.Join(u, ", "))
-		}
-	}
-	_, byDigest := r.(name.Digest)
-	eps, err := conf.endpoints(repo, byDigest)
+	cands, err := candidates(sys, s)
 	if err != nil {
 		return nil, err
 	}
-	kc := newKeychain(o.authFiles, o.env)
-	source := "docker://" + r.Name()
 	var errs []error
-	for i, ep := range eps {
-		f, err := newRegistryFetcher(ctx, ep, i == len(eps)-1, o, kc)
+	for _, c := range cands {
+		img, err := openCandidate(ctx, c, sys, plat, lim, o)
+		if err == nil {
+			if len(cands) > 1 || c.ref.String() != s {
+				o.log.Info("resolved name", "ref", ref, "as", c.ref.String())
+			}
+			return img, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if len(cands) == 1 {
+			return nil, err
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", c.ref, err))
+	}
+	return nil, errors.Join(errs...)
+}
+
+// openCandidate resolves one fully qualified name, trying its endpoints in
+// order.
+func openCandidate(ctx context.Context, c candidate, sys *types.SystemContext, plat v1.Platform, lim Limits, o *options) (*image, error) {
+	host := reference.Domain(c.ref)
+	if o.noVerify {
+		o.insecure = append(o.insecure, host)
+	}
+	identifier := ""
+	if d, ok := c.ref.(reference.Digested); ok {
+		identifier = d.Digest().String()
+	} else if t, ok := c.ref.(reference.Tagged); ok {
+		identifier = t.Tag()
+	}
+	source := "docker://" + c.ref.String()
+	var errs []error
+	for i, ep := range c.endpoints {
+		auth := func(repo string) (authn.Authenticator, error) { return credentials(sys, o.authFiles, repo) }
+		f, err := newRegistryFetcher(ctx, ep, i == len(c.endpoints)-1, o, auth)
 		if err == nil {
 			var img *image
-			if img, err = resolve(ctx, f, r.Identifier(), source, plat, lim); err == nil {
+			if img, err = resolve(ctx, f, identifier, source, plat, lim); err == nil {
 				if ep.mirror {
 					o.log.Info("using mirror", "mirror", ep.repo, "ref", source)
 				}
+				img.transport, img.policyRef = trust.TransportDocker, c.ref.String()
 				return img, nil
 			}
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if len(eps) == 1 {
+		if len(c.endpoints) == 1 {
 			return nil, err
 		}
 		o.log.Warn("endpoint failed", "endpoint", ep.repo, "err", err)
 		errs = append(errs, fmt.Errorf("%s: %w", ep.repo, err))
 	}
 	return nil, errors.Join(errs...)
+}
+
+// checkTrust evaluates the signature policy for the image's top-level
+// manifest, before anything is written to the store.
+func (o *options) checkTrust(ctx context.Context, img *image) (trust.Verdict, error) {
+	sys := o.systemContext()
+	host, _, _ := strings.Cut(img.policyRef, "/")
+	if img.transport == trust.TransportDocker && slices.Contains(o.insecure, host) {
+		sys.DockerInsecureSkipTLSVerify = types.OptionalBoolTrue
+	}
+	if img.transport == trust.TransportDocker && len(o.authFiles) > 0 {
+		// c/image reads one auth file; hand it what --authfile found.
+		if a, err := credentials(sys, o.authFiles, strings.SplitN(img.policyRef, ":", 2)[0]); err == nil && a != authn.Anonymous {
+			if cfg, err := a.Authorization(); err == nil {
+				sys.DockerAuthConfig = &types.DockerAuthConfig{Username: cfg.Username, Password: cfg.Password, IdentityToken: cfg.IdentityToken}
+			}
+		}
+	}
+	v, err := trust.Check(ctx, trust.Image{
+		Transport: img.transport, Reference: img.policyRef,
+		Digest: img.topDigest.String(), Manifest: img.top, MediaType: string(img.topMediaType),
+	}, trust.Options{PolicyPath: o.policy, RegistriesDir: o.registriesD, Enforce: o.enforce, System: sys})
+	if err != nil {
+		return v, err
+	}
+	o.log.Info("signature policy", "ref", img.source, "manifest", img.topDigest.String(), "verdict", v.String())
+	return v, nil
 }

@@ -3,109 +3,52 @@ package sync
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"strings"
 
-	"github.com/BurntSushi/toml"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"go.podman.io/image/v5/docker/reference"
+	"go.podman.io/image/v5/pkg/docker/config"
+	"go.podman.io/image/v5/pkg/sysregistriesv2"
+	"go.podman.io/image/v5/types"
 )
 
 // DefaultRegistriesConf is containers-registries.conf(5)'s system file.
 const DefaultRegistriesConf = "/etc/containers/registries.conf"
 
-// registriesConf is the subset of containers-registries.conf(5), version 2,
-// that Pull honours: [[registry]] tables matched by prefix (or location)
-// on path-component boundaries, with location rewriting, insecure, blocked,
-// mirror-by-digest-only, and [[registry.mirror]] with location, insecure
-// and pull-from-mirror. Not honoured (reported by unsupported): wildcard
-// prefixes ("*.example.com"), unqualified-search-registries and short-name
-// aliases (a short name means docker.io, as in go-containerregistry),
-// short-name-mode, credential-helpers, the version 1 [registries.*] tables
-// and drop-in files under registries.conf.d.
-type registriesConf struct {
-	Registries []regEntry `toml:"registry"`
+// systemAuthFile is read after everything containers-auth.json(5) lists:
+// a system-wide file for a root service (bootc's equivalent is
+// /etc/ostree/auth.json).
+const systemAuthFile = "/etc/containers/auth.json"
 
-	UnqualifiedSearch []string       `toml:"unqualified-search-registries"`
-	ShortNameMode     string         `toml:"short-name-mode"`
-	CredHelpers       []string       `toml:"credential-helpers"`
-	V1                map[string]any `toml:"registries"`
-	Aliases           map[string]any `toml:"aliases"`
-}
+// noConfigDir is a drop-in directory that never exists, to read no
+// drop-ins.
+const noConfigDir = "/nonexistent/twinroot/registries.conf.d"
 
-type regEntry struct {
-	Prefix             string     `toml:"prefix"`
-	Location           string     `toml:"location"`
-	Insecure           bool       `toml:"insecure"`
-	Blocked            bool       `toml:"blocked"`
-	MirrorByDigestOnly bool       `toml:"mirror-by-digest-only"`
-	Mirrors            []regEntry `toml:"mirror"`
-	PullFromMirror     string     `toml:"pull-from-mirror"`
-}
-
-// parseRegistriesConf parses registries.conf text.
-func parseRegistriesConf(text string) (*registriesConf, error) {
-	var c registriesConf
-	if _, err := toml.Decode(text, &c); err != nil {
-		return nil, fmt.Errorf("registries.conf: %w", err)
+// systemContext is the c/image configuration of a pull: registries.conf
+// (with drop-ins), credentials, user agent. registries.conf and its
+// drop-ins are read by go.podman.io/image's sysregistriesv2 exactly as
+// podman reads them: wildcard prefixes, mirrors with pull-from-mirror,
+// blocked, unqualified-search-registries, short-name aliases,
+// credential-helpers.
+func (o *options) systemContext() *types.SystemContext {
+	sys := &types.SystemContext{DockerRegistryUserAgent: o.userAgent}
+	switch {
+	case o.regConf == "-":
+		sys.SystemRegistriesConfPath, sys.SystemRegistriesConfDirPath = os.DevNull, noConfigDir
+	case o.regConf != "":
+		sys.SystemRegistriesConfPath = o.regConf
+	case o.env("CONTAINERS_REGISTRIES_CONF") != "":
+		// As c/image treats the variable: that file, no drop-ins.
+		sys.SystemRegistriesConfPath, sys.SystemRegistriesConfDirPath = o.env("CONTAINERS_REGISTRIES_CONF"), noConfigDir
 	}
-	for i, r := range c.Registries {
-		if r.Prefix == "" && r.Location == "" {
-			return nil, fmt.Errorf("registries.conf: [[registry]] %d has neither prefix nor location", i+1)
-		}
-		for _, m := range r.Mirrors {
-			if m.Location == "" {
-				return nil, fmt.Errorf("registries.conf: mirror of %q without location", r.Location)
-			}
-			switch m.PullFromMirror {
-			case "", "all", "digest-only", "tag-only":
-			default:
-				return nil, fmt.Errorf("registries.conf: mirror %q: pull-from-mirror %q", m.Location, m.PullFromMirror)
-			}
-		}
+	if o.regConfDir != "" {
+		sys.SystemRegistriesConfDirPath = o.regConfDir
 	}
-	return &c, nil
-}
-
-// loadRegistriesConf reads path; a missing file is an empty configuration.
-func loadRegistriesConf(path string) (*registriesConf, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return &registriesConf{}, nil
+	if f := o.env("REGISTRY_AUTH_FILE"); f != "" {
+		sys.AuthFilePath = f
 	}
-	if err != nil {
-		return nil, err
-	}
-	c, err := parseRegistriesConf(string(b))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
-}
-
-// unsupported lists the settings present in c that Pull ignores.
-func (c *registriesConf) unsupported() []string {
-	var out []string
-	if len(c.UnqualifiedSearch) > 0 {
-		out = append(out, "unqualified-search-registries")
-	}
-	if c.ShortNameMode != "" {
-		out = append(out, "short-name-mode")
-	}
-	if len(c.CredHelpers) > 0 {
-		out = append(out, "credential-helpers")
-	}
-	if len(c.V1) > 0 {
-		out = append(out, "[registries.*] (version 1 format)")
-	}
-	if len(c.Aliases) > 0 {
-		out = append(out, "[aliases]")
-	}
-	for _, r := range c.Registries {
-		if strings.HasPrefix(r.Prefix, "*.") {
-			out = append(out, "wildcard prefix "+r.Prefix)
-		}
-	}
-	return out
+	return sys
 }
 
 // endpoint is one repository to try for an image: a mirror or the primary.
@@ -115,54 +58,169 @@ type endpoint struct {
 	mirror   bool
 }
 
-// prefixMatch reports whether repo lies under prefix on component
-// boundaries ("quay.io/a" matches "quay.io/a" and "quay.io/a/b", not
-// "quay.io/ab").
-func prefixMatch(repo, prefix string) bool {
-	if !strings.HasPrefix(repo, prefix) {
-		return false
-	}
-	rest := repo[len(prefix):]
-	return rest == "" || rest[0] == '/' || strings.HasSuffix(prefix, "/")
+// candidate is one fully qualified name a reference may mean (a short
+// name has several), with the endpoints to try for it.
+type candidate struct {
+	ref       reference.Named // tagged or digested, fully qualified
+	endpoints []endpoint
 }
 
-// endpoints returns where to look for repo ("host/path", docker.io
-// spelled "docker.io"), mirrors first, for a reference by digest or by tag.
-func (c *registriesConf) endpoints(repo string, byDigest bool) ([]endpoint, error) {
-	var best *regEntry
-	bestLen := -1
-	for i := range c.Registries {
-		r := &c.Registries[i]
-		p := r.Prefix
-		if p == "" {
-			p = r.Location
-		}
-		if strings.HasPrefix(p, "*.") {
-			continue // wildcards not honoured
-		}
-		if prefixMatch(repo, p) && len(p) > bestLen {
-			best, bestLen = r, len(p)
-		}
+// isShortName reports whether a docker reference names no registry: its
+// first component has no '.' or ':' and is not "localhost".
+func isShortName(s string) bool {
+	first, _, found := strings.Cut(s, "/")
+	if !found {
+		return true
 	}
-	if best == nil {
-		return []endpoint{{repo: repo}}, nil
-	}
-	if best.Blocked {
-		return nil, fmt.Errorf("%w: %s is blocked in registries.conf", ErrBadReference, repo)
-	}
-	rest := repo[bestLen:]
-	var out []endpoint
-	if !best.MirrorByDigestOnly || byDigest {
-		for _, m := range best.Mirrors {
-			if (m.PullFromMirror == "digest-only" && !byDigest) || (m.PullFromMirror == "tag-only" && byDigest) {
-				continue
+	return !strings.ContainsAny(first, ".:") && first != "localhost"
+}
+
+// candidates expands a docker reference (without "docker://") through
+// registries.conf: a short name through its alias, else through
+// unqualified-search-registries (several only where short-name-mode is not
+// "enforcing", since an update agent cannot prompt); then each qualified
+// name through the longest matching [[registry]] (prefix, wildcard prefix
+// "*.example.com", location rewriting, blocked, mirrors and
+// pull-from-mirror, mirror-by-digest-only).
+func candidates(sys *types.SystemContext, s string) ([]candidate, error) {
+	var names []reference.Named
+	if isShortName(s) {
+		named, err := reference.ParseNormalizedNamed(s) // validates; docker.io/library/ as a placeholder
+		if err != nil {
+			return nil, fmt.Errorf("%w: %q: %w", ErrBadReference, s, err)
+		}
+		bare := reference.FamiliarName(named) // without tag or digest
+		alias, _, err := sysregistriesv2.ResolveShortNameAlias(sys, bare)
+		if err != nil {
+			return nil, fmt.Errorf("%w: short name %q: %w", ErrBadReference, s, err)
+		}
+		if alias != nil {
+			n, err := withTagOrDigest(alias, named)
+			if err != nil {
+				return nil, err
 			}
-			out = append(out, endpoint{repo: m.Location + rest, insecure: m.Insecure, mirror: true})
+			names = append(names, n)
+		} else {
+			search, where, err := sysregistriesv2.UnqualifiedSearchRegistriesWithOrigin(sys)
+			if err != nil {
+				return nil, fmt.Errorf("registries.conf: %w", err)
+			}
+			if len(search) == 0 {
+				return nil, fmt.Errorf("%w: short name %q has no alias and no unqualified-search-registries are set (%s); use a fully qualified name",
+					ErrBadReference, s, sysregistriesv2.ConfigurationSourceDescription(sys))
+			}
+			mode, err := sysregistriesv2.GetShortNameMode(sys)
+			if err != nil {
+				return nil, fmt.Errorf("registries.conf: %w", err)
+			}
+			if mode == types.ShortNameModeEnforcing && len(search) > 1 {
+				return nil, fmt.Errorf("%w: short name %q is ambiguous under short-name-mode \"enforcing\": %s lists %d unqualified-search-registries and nothing can prompt; use a fully qualified name or an alias",
+					ErrBadReference, s, where, len(search))
+			}
+			for _, reg := range search {
+				n, err := reference.ParseNormalizedNamed(reg + "/" + s)
+				if err != nil {
+					return nil, fmt.Errorf("%w: %s/%s: %w", ErrBadReference, reg, s, err)
+				}
+				names = append(names, n)
+			}
+		}
+	} else {
+		n, err := reference.ParseNormalizedNamed(s)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %q: %w", ErrBadReference, s, err)
+		}
+		names = append(names, n)
+	}
+	out := make([]candidate, 0, len(names))
+	for _, n := range names {
+		n = reference.TagNameOnly(n) // no tag: :latest
+		eps, err := endpointsFor(sys, n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, candidate{ref: n, endpoints: eps})
+	}
+	return out, nil
+}
+
+// withTagOrDigest puts the tag or digest of from onto name.
+func withTagOrDigest(name, from reference.Named) (reference.Named, error) {
+	if d, ok := from.(reference.Digested); ok {
+		return reference.WithDigest(reference.TrimNamed(name), d.Digest())
+	}
+	if t, ok := from.(reference.Tagged); ok {
+		return reference.WithTag(reference.TrimNamed(name), t.Tag())
+	}
+	return name, nil
+}
+
+// endpointsFor returns where to look for ref, mirrors first.
+func endpointsFor(sys *types.SystemContext, ref reference.Named) ([]endpoint, error) {
+	reg, err := sysregistriesv2.FindRegistry(sys, ref.String())
+	if err != nil {
+		return nil, fmt.Errorf("registries.conf: %w", err)
+	}
+	if reg == nil {
+		return []endpoint{{repo: ref.Name()}}, nil
+	}
+	if reg.Blocked {
+		return nil, fmt.Errorf("%w: %s is blocked in registries.conf (prefix %q)", ErrBadReference, ref.Name(), reg.Prefix)
+	}
+	srcs, err := reg.PullSourcesFromReference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("registries.conf: %s: %w", ref, err)
+	}
+	out := make([]endpoint, 0, len(srcs))
+	for i, ps := range srcs {
+		out = append(out, endpoint{repo: ps.Reference.Name(), insecure: ps.Endpoint.Insecure, mirror: i < len(srcs)-1})
+	}
+	return out, nil
+}
+
+// credentials finds the credentials for repo ("host/path") the way
+// containers tools do (go.podman.io/image's pkg/docker/config): each
+// --authfile first, then the credential-helpers of registries.conf, which
+// default to containers-auth.json(5)'s files ($REGISTRY_AUTH_FILE, the
+// per-user runtime file or /run/containers/UID/auth.json,
+// $XDG_CONFIG_HOME/containers/auth.json, docker's config.json with its
+// credHelpers and credsStore), and last /etc/containers/auth.json.
+// Nothing found is anonymous access.
+func credentials(sys *types.SystemContext, authFiles []string, repo string) (authn.Authenticator, error) {
+	try := func(s *types.SystemContext) (authn.Authenticator, error) {
+		c, err := config.GetCredentials(s, repo)
+		if err != nil {
+			return nil, fmt.Errorf("credentials for %s: %w", repo, err)
+		}
+		if c == (types.DockerAuthConfig{}) {
+			return nil, nil
+		}
+		return authn.FromConfig(authn.AuthConfig{Username: c.Username, Password: c.Password, IdentityToken: c.IdentityToken}), nil
+	}
+	fileOnly := func(f string) *types.SystemContext {
+		s := *sys
+		s.AuthFilePath = f
+		// containers-auth.json only, not the helpers again.
+		s.SystemRegistriesConfPath, s.SystemRegistriesConfDirPath = os.DevNull, noConfigDir
+		return &s
+	}
+	for _, f := range authFiles {
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("auth file %s: %w", f, err)
+		}
+		if a, err := try(fileOnly(f)); a != nil || err != nil {
+			return a, err
 		}
 	}
-	loc := best.Location
-	if loc == "" {
-		loc = best.Prefix
+	if a, err := try(sys); a != nil || err != nil {
+		return a, err
 	}
-	return append(out, endpoint{repo: loc + rest, insecure: best.Insecure}), nil
+	if _, err := os.Stat(systemAuthFile); err == nil {
+		if a, err := try(fileOnly(systemAuthFile)); a != nil || err != nil {
+			return a, err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	return authn.Anonymous, nil
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -67,7 +68,7 @@ var manifestAccept = strings.Join([]string{
 // credentials and pings the registry for its authentication scheme.
 // Connection failures of the ping are retried only when last is set (no
 // further mirror or primary to fall back to).
-func newRegistryFetcher(ctx context.Context, ep endpoint, last bool, o *options, kc *keychain) (*registryFetcher, error) {
+func newRegistryFetcher(ctx context.Context, ep endpoint, last bool, o *options, creds func(repo string) (authn.Authenticator, error)) (*registryFetcher, error) {
 	repoName := ep.repo
 	host, _, _ := strings.Cut(repoName, "/")
 	insecure := ep.insecure || slices.Contains(o.insecure, host)
@@ -82,7 +83,11 @@ func newRegistryFetcher(ctx context.Context, ep endpoint, last bool, o *options,
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadReference, err)
 	}
-	auth, err := kc.resolve(repo)
+	credKey := repo.RegistryStr() + "/" + repo.RepositoryStr()
+	if repo.RegistryStr() == name.DefaultRegistry {
+		credKey = "docker.io/" + repo.RepositoryStr()
+	}
+	auth, err := creds(credKey)
 	if err != nil {
 		return nil, err
 	}

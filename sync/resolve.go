@@ -32,7 +32,15 @@ type fetcher interface {
 // image is a resolved image: a verified manifest and config, and where its
 // layers come from.
 type image struct {
-	source         string // reference for provenance
+	source string // reference for provenance
+	// The top-level manifest the reference resolved to (an index or the
+	// image manifest itself): what signatures sign.
+	top          []byte
+	topDigest    v1.Hash
+	topMediaType types.MediaType
+	// transport and policyRef name the image for the signature policy.
+	transport      string
+	policyRef      string
 	manifestDigest v1.Hash
 	manifest       *v1.Manifest
 	configDigest   v1.Hash
@@ -162,7 +170,18 @@ func resolve(ctx context.Context, from fetcher, ref, source string, want v1.Plat
 			return nil, err
 		}
 	}
-	return resolveRaw(ctx, from, raw, source, want, lim)
+	img, err := resolveRaw(ctx, from, raw, source, want, lim)
+	if err != nil {
+		return nil, err
+	}
+	img.setTop(raw)
+	return img, nil
+}
+
+// setTop records the top-level manifest.
+func (img *image) setTop(raw []byte) {
+	img.top, img.topDigest = raw, sha256Of(raw)
+	img.topMediaType, _ = mediaTypeOf(raw)
 }
 
 // resolveRaw continues resolve from a manifest or index already read.

@@ -101,20 +101,25 @@ const UnpackFactor = 3
 type Option func(*options)
 
 type options struct {
-	log        *slog.Logger
-	platform   string
-	insecure   []string
-	regConf    string
-	authFiles  []string
-	limits     Limits
-	progress   func(Event)
-	retries    int
-	backoff    time.Duration
-	stall      time.Duration
-	spaceCheck func(Space) error
-	userAgent  string
-	env        func(string) string
-	noVerify   bool
+	log         *slog.Logger
+	platform    string
+	insecure    []string
+	regConf     string
+	regConfDir  string
+	policy      string
+	registriesD string
+	enforce     bool
+	accept      func(Result) error
+	authFiles   []string
+	limits      Limits
+	progress    func(Event)
+	retries     int
+	backoff     time.Duration
+	stall       time.Duration
+	spaceCheck  func(Space) error
+	userAgent   string
+	env         func(string) string
+	noVerify    bool
 }
 
 func defaultOptions() options {
@@ -152,6 +157,32 @@ func WithTLSVerify(verify bool) Option { return func(o *options) { o.noVerify = 
 // keeps the default, "-" reads none.
 func WithRegistriesConf(path string) Option { return func(o *options) { o.regConf = path } }
 
+// WithRegistriesConfDir reads registries.conf drop-in files from dir
+// instead of the default registries.conf.d directories.
+func WithRegistriesConfDir(dir string) Option { return func(o *options) { o.regConfDir = dir } }
+
+// WithPolicy evaluates the containers-policy.json at path instead of
+// /etc/containers/policy.json (skopeo's and podman's --policy). A missing
+// default file counts as insecureAcceptAnything; a missing named file is
+// an error.
+func WithPolicy(path string) Option { return func(o *options) { o.policy = path } }
+
+// WithRegistriesD reads lookaside signature stores and
+// use-sigstore-attachments from the registries.d directory dir instead of
+// /etc/containers/registries.d (skopeo's --registries.d).
+func WithRegistriesD(dir string) Option { return func(o *options) { o.registriesD = dir } }
+
+// WithEnforceSignaturePolicy refuses an image that the policy accepts
+// without verifying a signature (insecureAcceptAnything), as bootc's
+// --enforce-container-sigpolicy does; images the policy rejects are
+// refused either way.
+func WithEnforceSignaturePolicy(enforce bool) Option { return func(o *options) { o.enforce = enforce } }
+
+// WithAccept is called once the image is resolved and the signature policy
+// has accepted it, before anything is fetched into the store; an error
+// stops the pull. The updater checks versions here (trust.CheckReplace).
+func WithAccept(fn func(Result) error) Option { return func(o *options) { o.accept = fn } }
+
 // WithAuthFiles puts containers-auth.json files before the default ones.
 func WithAuthFiles(paths ...string) Option {
 	return func(o *options) { o.authFiles = append(o.authFiles, paths...) }
@@ -182,8 +213,9 @@ func WithSpaceCheck(fn func(Space) error) Option { return func(o *options) { o.s
 // WithUserAgent sets the HTTP User-Agent.
 func WithUserAgent(ua string) Option { return func(o *options) { o.userAgent = ua } }
 
-// WithEnv replaces os.Getenv for REGISTRY_AUTH_FILE,
-// CONTAINERS_REGISTRIES_CONF, DOCKER_CONFIG and friends (tests).
+// WithEnv replaces os.Getenv for REGISTRY_AUTH_FILE and
+// CONTAINERS_REGISTRIES_CONF (tests); the other variables
+// containers-auth.json(5) names are read by go.podman.io/image itself.
 func WithEnv(getenv func(string) string) Option { return func(o *options) { o.env = getenv } }
 
 // Event is one progress report of a pull. Kind tells which fields are set.

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -150,8 +152,11 @@ func TestACLFromText(t *testing.T) {
 }
 
 func TestRegistriesConf(t *testing.T) {
-	conf, err := parseRegistriesConf(`
-unqualified-search-registries = ["docker.io"]
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "registries.conf")
+	os.WriteFile(conf, []byte(`
+unqualified-search-registries = ["quay.io", "registry.fedoraproject.org"]
+short-name-mode = "permissive"
 [[registry]]
 location = "quay.io/os"
 [[registry.mirror]]
@@ -175,83 +180,116 @@ location = "strict.io"
 mirror-by-digest-only = true
 [[registry.mirror]]
 location = "m.strict.io"
-
+`), 0o644)
+	dropins := filepath.Join(dir, "registries.conf.d")
+	os.Mkdir(dropins, 0o755)
+	os.WriteFile(filepath.Join(dropins, "50-wild.conf"), []byte(`
 [[registry]]
 prefix = "*.wild.io"
-location = "x.io"
-`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	str := func(eps []endpoint) string {
+location = "x.io/wild"
+[aliases]
+"fedora-bootc" = "quay.io/fedora/fedora-bootc"
+`), 0o644)
+	o := defaultOptions()
+	o.regConf, o.regConfDir = conf, dropins
+	sys := o.systemContext()
+	str := func(cs []candidate) string {
 		var s []string
-		for _, e := range eps {
-			s = append(s, fmt.Sprintf("%s insecure=%v mirror=%v", e.repo, e.insecure, e.mirror))
+		for _, c := range cs {
+			var eps []string
+			for _, e := range c.endpoints {
+				eps = append(eps, fmt.Sprintf("%s insecure=%v mirror=%v", e.repo, e.insecure, e.mirror))
+			}
+			s = append(s, c.ref.String()+" -> "+strings.Join(eps, "; "))
 		}
-		return strings.Join(s, "; ")
+		return strings.Join(s, " | ")
 	}
-	for _, tc := range []struct {
-		repo     string
-		byDigest bool
-		want     string
-	}{
-		{"quay.io/os/fedora", false, "mirror.local:5000/quay-os/fedora insecure=true mirror=true; quay.io/os/fedora insecure=false mirror=false"},
-		{"quay.io/os/fedora", true, "mirror.local:5000/quay-os/fedora insecure=true mirror=true; digest.local/os/fedora insecure=false mirror=true; quay.io/os/fedora insecure=false mirror=false"},
-		{"quay.io/osx/fedora", false, "quay.io/osx/fedora insecure=false mirror=false"},
-		{"example.com/team/app", false, "internal.example.com/team/app insecure=true mirror=false"},
-		{"blocked.io/x", false, "!"},
-		{"strict.io/x", false, "strict.io/x insecure=false mirror=false"},
-		{"strict.io/x", true, "m.strict.io/x insecure=false mirror=true; strict.io/x insecure=false mirror=false"},
-		{"a.wild.io/x", false, "a.wild.io/x insecure=false mirror=false"},
+	const dg = "@sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	for _, tc := range []struct{ ref, want string }{
+		{"quay.io/os/fedora:1", "quay.io/os/fedora:1 -> mirror.local:5000/quay-os/fedora insecure=true mirror=true; quay.io/os/fedora insecure=false mirror=false"},
+		{"quay.io/os/fedora" + dg, "quay.io/os/fedora" + dg + " -> mirror.local:5000/quay-os/fedora insecure=true mirror=true; digest.local/os/fedora insecure=false mirror=true; quay.io/os/fedora insecure=false mirror=false"},
+		{"quay.io/osx/fedora", "quay.io/osx/fedora:latest -> quay.io/osx/fedora insecure=false mirror=false"},
+		{"example.com/team/app:2", "example.com/team/app:2 -> internal.example.com/team/app insecure=true mirror=false"},
+		{"blocked.io/x:1", "!blocked"},
+		{"strict.io/x:1", "strict.io/x:1 -> strict.io/x insecure=false mirror=false"},
+		{"strict.io/x" + dg, "strict.io/x" + dg + " -> m.strict.io/x insecure=false mirror=true; strict.io/x insecure=false mirror=false"},
+		{"a.wild.io/x:1", "a.wild.io/x:1 -> x.io/wild/x insecure=false mirror=false"},                                    // wildcard prefix, from the drop-in
+		{"fedora-bootc:42", "quay.io/fedora/fedora-bootc:42 -> quay.io/fedora/fedora-bootc insecure=false mirror=false"}, // alias
+		{"os/app:1", "quay.io/os/app:1 -> mirror.local:5000/quay-os/app insecure=true mirror=true; quay.io/os/app insecure=false mirror=false | " +
+			"registry.fedoraproject.org/os/app:1 -> registry.fedoraproject.org/os/app insecure=false mirror=false"}, // search registries
+		{"localhost:5000/a:1", "localhost:5000/a:1 -> localhost:5000/a insecure=false mirror=false"},
 	} {
-		eps, err := conf.endpoints(tc.repo, tc.byDigest)
-		got := str(eps)
+		cs, err := candidates(sys, tc.ref)
+		got := str(cs)
 		if err != nil {
-			got = "!"
+			got = "!" + err.Error()
+			if strings.HasPrefix(tc.want, "!") && strings.Contains(err.Error(), tc.want[1:]) {
+				continue
+			}
 		}
 		if got != tc.want {
-			t.Errorf("%s digest=%v:\n got %s\nwant %s", tc.repo, tc.byDigest, got, tc.want)
+			t.Errorf("%s:\n got %s\nwant %s", tc.ref, got, tc.want)
 		}
 	}
-	if u := strings.Join(conf.unsupported(), ","); u != "unqualified-search-registries,wildcard prefix *.wild.io" {
-		t.Errorf("unsupported: %s", u)
+
+	// Enforcing mode cannot pick among several search registries; no
+	// search registries at all is an error too.
+	enf := filepath.Join(dir, "enforcing.conf")
+	os.WriteFile(enf, []byte(`unqualified-search-registries = ["a.io", "b.io"]
+short-name-mode = "enforcing"`), 0o644)
+	o.regConf, o.regConfDir = enf, noConfigDir
+	if _, err := candidates(o.systemContext(), "app:1"); err == nil || !strings.Contains(err.Error(), "ambiguous") {
+		t.Errorf("enforcing: %v", err)
 	}
-	for _, bad := range []string{`[[registry]]`, `[[registry]]` + "\nlocation=\"a\"\n[[registry.mirror]]\ninsecure=true", "x = ["} {
-		if _, err := parseRegistriesConf(bad); err == nil {
-			t.Errorf("parsed %q", bad)
-		}
+	o.regConf = "-"
+	if _, err := candidates(o.systemContext(), "app:1"); !errors.Is(err, ErrBadReference) {
+		t.Errorf("no search registries: %v", err)
+	}
+	bad := filepath.Join(dir, "bad.conf")
+	os.WriteFile(bad, []byte("x = ["), 0o644)
+	o.regConf = bad
+	if _, err := candidates(o.systemContext(), "quay.io/a:1"); err == nil {
+		t.Error("a malformed registries.conf was accepted")
 	}
 }
 
-func TestAuthLookup(t *testing.T) {
-	m, err := parseAuthFile([]byte(`{"auths":{
-		"https://index.docker.io/v1/": {"auth": "ZHU6ZHA="},
+func TestCredentials(t *testing.T) {
+	dir := t.TempDir()
+	auth := filepath.Join(dir, "auth.json")
+	os.WriteFile(auth, []byte(`{"auths":{
+		"docker.io": {"auth": "ZHU6ZHA="},
 		"quay.io": {"auth": "cXU6cXA="},
 		"quay.io/org/repo": {"auth": "cnU6cnA="},
-		"tok.io": {"identitytoken": "T"}}}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+		"tok.io": {"auth": "PHRva2VuPjo=", "identitytoken": "T"}}}`), 0o600)
+	empty := filepath.Join(dir, "empty.json")
+	os.WriteFile(empty, []byte(`{"auths":{}}`), 0o600)
+	o := defaultOptions()
+	o.regConf = "-"
+	sys := o.systemContext()
+	sys.AuthFilePath = empty // keep the host's files out
 	for _, tc := range []struct{ repo, want string }{
-		{"docker.io/library/debian", "du"}, {"index.docker.io/library/debian", "du"}, {"quay.io/org/repo", "ru"},
-		{"quay.io/org/other", "qu"}, {"quay.io", "qu"}, {"tok.io/x", "token:T"}, {"ghcr.io/x", "-"},
+		{"docker.io/library/debian", "du"}, {"quay.io/org/repo", "ru"},
+		{"quay.io/org/other", "qu"}, {"tok.io/x", "token:T"}, {"ghcr.io/x", "-"},
 	} {
-		c, ok := lookupAuth(m, tc.repo)
+		a, err := credentials(sys, []string{auth}, tc.repo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := a.Authorization()
 		got := c.Username
 		if c.IdentityToken != "" {
 			got = "token:" + c.IdentityToken
 		}
-		if !ok {
+		if a == authn.Anonymous {
 			got = "-"
 		}
 		if got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.repo, got, tc.want)
 		}
 	}
-	if _, err := parseAuthFile([]byte(`{"auths":{"x":{"auth":"bm9jb2xvbg=="}}}`)); err == nil {
-		t.Error("auth without colon accepted")
+	if _, err := credentials(sys, []string{filepath.Join(dir, "missing.json")}, "quay.io/x"); err == nil {
+		t.Error("a missing --authfile was accepted")
 	}
-	var _ authn.Keychain = authn.DefaultKeychain
 }
 
 func TestChoosePlatform(t *testing.T) {

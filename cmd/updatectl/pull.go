@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
 
 	"github.com/twinroot/twinroot/objstore"
 	twsync "github.com/twinroot/twinroot/sync"
+	"github.com/twinroot/twinroot/trust"
 )
 
 // newPullCmd is "pull REF": an OCI image into the store as a composefs image.
@@ -26,6 +28,7 @@ func newPullCmd(a *app) *cobra.Command {
 		asJSON    bool
 		authFiles []string
 		regConf   string
+		sig       sigFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "pull [flags] REF",
@@ -40,6 +43,13 @@ prefixed docker://), an OCI layout directory (oci:DIR[:tag]) or an OCI archive
 /run/containers/0/auth.json, /etc/containers/auth.json and docker's config; mirrors and
 insecure registries from registries.conf ($CONTAINERS_REGISTRIES_CONF or
 /etc/containers/registries.conf).
+
+Before anything is fetched into the store, the signature policy (containers-policy.json,
+--policy) is evaluated for the manifest the reference resolved to, as podman and skopeo do:
+signatures come from sigstore attachments or the lookaside stores --registries.d names, and
+the pull then fetches exactly the manifest digest that was verified. A refusal names the
+policy entry. --enforce-container-sigpolicy also refuses images the policy accepts without
+a signature (insecureAcceptAnything).
 
 The last line of standard output is the composefs digest (64 hex). With --json, standard
 output carries one JSON event per line instead, the last one of kind "done" holding the
@@ -63,6 +73,7 @@ digest; progress goes to standard error otherwise (bars on a terminal, lines if 
 				twsync.WithRegistriesConf(regConf),
 				twsync.WithProgress(pr.event),
 			}
+			opts = append(opts, sig.options()...)
 			start := time.Now()
 			res, err := twsync.Pull(ctx, s, args[0], opts...)
 			pr.finish(err == nil)
@@ -72,6 +83,7 @@ digest; progress goes to standard error otherwise (bars on a terminal, lines if 
 			if asJSON {
 				return nil // the "done" event carries the digest
 			}
+			fmt.Fprintf(a.stderr, "signature policy: %s\n", res.Trust)
 			fmt.Fprintf(a.stderr, "pulled %s (manifest %s): %d layers, %d cached, %s fetched, %d new objects, %d reused, %.1fs\n",
 				res.Source, res.Manifest, res.Layers, res.LayersCached, storeHumanBytes(res.BytesFetched),
 				res.ObjectsNew, res.ObjectsReused, time.Since(start).Seconds())
@@ -85,7 +97,27 @@ digest; progress goes to standard error otherwise (bars on a terminal, lines if 
 	f.BoolVar(&asJSON, "json", false, "print progress and the result as JSON lines on standard output")
 	f.StringArrayVar(&authFiles, "authfile", nil, "containers-auth.json file to read credentials from first (repeatable)")
 	f.StringVar(&regConf, "registries-conf", "", `registries.conf to use ("-" for none)`)
+	sig.register(f)
 	return cmd
+}
+
+// sigFlags are the signature-policy flags of pull (and of the updater's
+// verbs that pull): skopeo's and podman's --policy and --registries.d,
+// and bootc's --enforce-container-sigpolicy.
+type sigFlags struct {
+	policy      string
+	registriesD string
+	enforce     bool
+}
+
+func (s *sigFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&s.policy, "policy", "", "containers-policy.json to evaluate (default "+trust.DefaultPolicyPath+")")
+	f.StringVar(&s.registriesD, "registries.d", "", "registries.d directory with lookaside and sigstore-attachment settings (default "+trust.DefaultRegistriesDir+")")
+	f.BoolVar(&s.enforce, "enforce-container-sigpolicy", false, "refuse images the policy accepts without verifying a signature (insecureAcceptAnything)")
+}
+
+func (s *sigFlags) options() []twsync.Option {
+	return []twsync.Option{twsync.WithPolicy(s.policy), twsync.WithRegistriesD(s.registriesD), twsync.WithEnforceSignaturePolicy(s.enforce)}
 }
 
 // isTerminal reports whether w is a terminal wide enough for bars.
