@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/twinroot/twinroot/internal/bootarg"
@@ -65,4 +66,27 @@ func rootMountNames(mountinfo []byte, hex string) bool {
 		found = (fstype == "overlay" || fstype == "erofs") && strings.Contains(rest, hex)
 	}
 	return found
+}
+
+// mountSource returns the mount source of the first mount of device
+// major:minor in a mountinfo table, when it is a device path ("" else).
+func mountSource(mountinfo []byte, major, minor uint32) string {
+	want := fmt.Sprintf("%d:%d", major, minor)
+	sc := bufio.NewScanner(bytes.NewReader(mountinfo))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 10 || f[2] != want {
+			continue
+		}
+		for i := 6; i+2 < len(f); i++ {
+			if f[i] == "-" {
+				if strings.HasPrefix(f[i+2], "/dev/") {
+					return f[i+2]
+				}
+				return ""
+			}
+		}
+	}
+	return ""
 }

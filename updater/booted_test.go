@@ -39,3 +39,16 @@ func TestParseBooted(t *testing.T) {
 		})
 	}
 }
+
+func TestMountSource(t *testing.T) {
+	mi := "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n23 22 0:5 / /tmp rw - tmpfs tmpfs rw\n"
+	if got := mountSource([]byte(mi), 8, 1); got != "/dev/sda1" {
+		t.Errorf("8:1 = %q", got)
+	}
+	if got := mountSource([]byte(mi), 0, 5); got != "" {
+		t.Errorf("tmpfs = %q, want none", got)
+	}
+	if got := mountSource([]byte(mi), 9, 9); got != "" {
+		t.Errorf("unknown = %q", got)
+	}
+}

@@ -37,6 +37,7 @@ const (
 //	[boot]
 //	verity = "if-supported"                                     # if-supported | require
 //	kargs = ["console=ttyS0"]                                   # extra kernel arguments for new deployments
+//	root = "UUID=..."                                           # root= of new entries; default: the sysroot's file system
 //	[storage]
 //	containers = "/var/lib/containers/storage"                  # container storage to share files with ("" = none)
 type Config struct {
@@ -62,6 +63,9 @@ type BootConfig struct {
 	Verity string `toml:"verity"`
 	// Kargs are extra kernel arguments for new deployments.
 	Kargs []string `toml:"kargs"`
+	// Root is the root= value of new entries (default: UUID= of the
+	// sysroot's file system, found through /dev/disk/by-uuid).
+	Root string `toml:"root"`
 }
 
 // StorageConfig is the [storage] table.

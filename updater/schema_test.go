@@ -45,12 +45,12 @@ func sampleHost() Host {
 				Timestamp:       &created,
 				OS:              "Debian GNU/Linux 13 (trixie)",
 			},
-			Boot:     &BootStatus{Entry: "twinroot-" + id + "+3.conf", TriesLeft: &three, TriesDone: &zero, Kernel: "6.12.0"},
+			Boot:     &BootStatus{Entry: "twinroot-1-" + id + "+3.conf", TriesLeft: &three, TriesDone: &zero, Linux: "/twinroot/vmlinuz-" + string(bytes.Repeat([]byte("e"), 64))},
 			Deployed: created.Add(time.Hour),
 		}
 	}
 	booted := e("aaaaaaaaaaaa.0", "1")
-	booted.Boot = &BootStatus{Entry: "twinroot-aaaaaaaaaaaa.0.conf", Blessed: true, Kernel: "6.12.0"}
+	booted.Boot = &BootStatus{Entry: "twinroot-0-aaaaaaaaaaaa.0.conf", Blessed: true, Linux: "/twinroot/vmlinuz-" + string(bytes.Repeat([]byte("f"), 64))}
 	staged := e("bbbbbbbbbbbb.0", "2")
 	staged.Conflicts = []EtcConflict{{Path: "/etc/motd", Reason: "changed locally and in the image"}}
 	return Host{

@@ -118,8 +118,9 @@ type BootStatus struct {
 	// (systemd-bless-boot or "updatectl bless" removed the counter) or it
 	// was installed blessed.
 	Blessed bool `json:"blessed"`
-	// Kernel is the kernel version the entry boots.
-	Kernel string `json:"kernel"`
+	// Linux is the kernel the entry boots, as a path on the boot
+	// partition (named by the kernel's content digest).
+	Linux string `json:"linux"`
 }
 
 // EtcConflict is one /etc path the merge could not reconcile.

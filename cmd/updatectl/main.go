@@ -1,14 +1,20 @@
-// Command updatectl is twinroot's command-line tool: it pulls OS images,
-// manages the object store and its composefs images, and (later) stages,
-// switches and rolls back A/B deployments.
+// Command updatectl is twinroot's command-line tool: it installs, upgrades,
+// switches and rolls back A/B deployments of bootc-style OS images, and
+// manages the object store, its composefs images and pulls. It is installed
+// as "twinroot", and as "updatectl" where systemd's own updatectl does not
+// take that name (README.md, "Name clash").
 //
 // Exit codes:
 //
-//	0  success
-//	1  the operation failed (or, for a command given several operands, at
-//	   least one of them failed; the others were still processed)
-//	2  usage error: unknown verb or flag, wrong number of arguments
-//	3  a check found problems (store fsck found inconsistencies)
+//	0   success (upgrade --check: an update is available)
+//	1   the operation failed (or, for a command given several operands, at
+//	    least one of them failed; the others were still processed)
+//	2   usage error: unknown verb or flag, wrong number of arguments
+//	3   a check found problems (store fsck found inconsistencies)
+//	4   the sysroot is locked by another run and --no-wait was given
+//	5   not permitted: run as root
+//	6   the sysroot is not initialised (no store or no deployment)
+//	77  upgrade --check: no update available (rpm-ostree's convention)
 package main
 
 import (
@@ -34,6 +40,10 @@ const (
 	exitFailure = 1
 	exitUsage   = 2
 	exitCheck   = 3
+	exitLocked  = 4
+	exitNotRoot = 5
+	exitNoInit  = 6
+	exitNoUpd   = 77
 )
 
 // exitError carries a specific exit code out of a command. A command whose
@@ -51,10 +61,14 @@ func (e *exitError) Unwrap() error { return e.err }
 type app struct {
 	sysroot  string
 	storeDir string
+	bootDir  string
+	config   string
+	noWait   bool
 	logLevel string
 	stdout   io.Writer
 	stderr   io.Writer
 	log      *slog.Logger
+	bars     *barProgress // the running verb's progress bars, if any
 }
 
 // store returns the object store root: --store, or SYSROOT/twinroot.
@@ -88,8 +102,11 @@ func newRootCmd(a *app) *cobra.Command {
 		return &exitError{code: exitUsage, err: err}
 	})
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.sysroot, "sysroot", "/", "physical root of the system to operate on")
+	pf.StringVar(&a.sysroot, "sysroot", defaultSysroot(), "physical root of the system to operate on (default /sysroot on a booted twinroot system, else /)")
 	pf.StringVar(&a.storeDir, "store", "", "object store directory (default SYSROOT/twinroot)")
+	pf.StringVar(&a.bootDir, "boot", "", "boot partition directory (default: the mounted XBOOTLDR or ESP, found as bootctl does)")
+	pf.StringVar(&a.config, "config", "", "configuration file (default SYSROOT/etc/twinroot/config.toml on a scratch sysroot, else /etc/twinroot/config.toml)")
+	pf.BoolVar(&a.noWait, "no-wait", false, "fail at once (exit 4) when another run holds the sysroot lock, instead of waiting")
 	pf.StringVar(&a.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.AddCommand(
 		newVerityCmd(a),
@@ -97,7 +114,18 @@ func newRootCmd(a *app) *cobra.Command {
 		newStoreCmd(a),
 		newPullCmd(a),
 	)
+	addSystemCmds(root, a)
+	root.AddCommand(newDocsCmd(root))
 	return root
+}
+
+// defaultSysroot is /sysroot on a booted twinroot system (the physical
+// root is mounted there), else /.
+func defaultSysroot() string {
+	if fi, err := os.Stat("/sysroot/twinroot"); err == nil && fi.IsDir() {
+		return "/sysroot"
+	}
+	return "/"
 }
 
 // usageArgs wraps a cobra argument validator so that its failures exit 2.

@@ -1,0 +1,95 @@
+package updater
+
+import (
+	"context"
+	"fmt"
+
+	twsync "github.com/twinroot/twinroot/sync"
+)
+
+// LabelVersion is the OCI label holding an image's version.
+const LabelVersion = "org.opencontainers.image.version"
+
+// Check asks the registry (or layout) what the origin names now: the
+// manifest and config only, never a layer. Available is true when that
+// manifest is neither booted, staged nor the default.
+func Check(ctx context.Context, o Options) (CheckResult, error) {
+	u, err := open(ctx, o, "check", false, true)
+	if err != nil {
+		return CheckResult{}, err
+	}
+	defer u.Close()
+	s, err := u.state(ctx)
+	if err != nil {
+		return CheckResult{}, err
+	}
+	ref, base := s.origin(u.o.Config)
+	if ref == "" {
+		return CheckResult{}, fmt.Errorf("%w: no deployment and no origin in the configuration; 'updatectl switch REF' or 'install REF' sets one", ErrNoOrigin)
+	}
+	u.o.emit("resolve", "checking "+ref)
+	r, err := twsync.Resolve(ctx, ref, u.pullOptions()...)
+	if err != nil {
+		return CheckResult{}, friendly(err)
+	}
+	res := CheckResult{APIVersion: APIVersion, Kind: "CheckResult", Image: ImageReference{Image: ref}, Latest: resolvedStatus(r)}
+	if base != nil {
+		res.Current = base.Origin.Manifest
+	}
+	if d, ok := s.deps[s.stagedD]; ok {
+		res.Staged = d.Origin.Manifest
+	}
+	res.Available = !s.hasManifest(r.Manifest)
+	return res, nil
+}
+
+// hasManifest reports whether the booted, staged or default deployment is
+// already the image of manifest m.
+func (s *state) hasManifest(m string) bool {
+	for _, id := range []string{s.booted, s.stagedD, s.def} {
+		if d, ok := s.deps[id]; ok && id != "" && d.Origin.Manifest == m {
+			return true
+		}
+	}
+	return false
+}
+
+func resolvedStatus(r twsync.Resolved) ImageStatus {
+	st := ImageStatus{Image: ImageReference{Image: r.Source}, ManifestDigest: r.Manifest, Version: r.Labels[LabelVersion]}
+	if !r.Created.IsZero() {
+		t := r.Created.UTC()
+		st.Timestamp = &t
+	}
+	return st
+}
+
+// pullOptions are the sync options of every pull and check.
+func (u *Updater) pullOptions() []twsync.Option {
+	opts := append([]twsync.Option{twsync.WithLogger(u.o.Log)}, u.o.Pull...)
+	if u.o.Progress != nil {
+		p := u.o.Progress
+		opts = append(opts, twsync.WithProgress(func(e twsync.Event) {
+			p(Event{Kind: "Event", Phase: "pull", Message: pullMessage(e), Pull: &e})
+		}))
+	}
+	return opts
+}
+
+func pullMessage(e twsync.Event) string {
+	switch e.Kind {
+	case "resolved":
+		return fmt.Sprintf("resolved %s: manifest %s, %d layers", e.Ref, e.Manifest, e.Layers)
+	case "layer-start":
+		return fmt.Sprintf("layer %d: fetching %d bytes", e.Layer+1, e.Size)
+	case "layer-done":
+		if e.Cached {
+			return fmt.Sprintf("layer %d: already unpacked", e.Layer+1)
+		}
+		return fmt.Sprintf("layer %d: done, %d new objects, %d reused", e.Layer+1, e.New, e.Reused)
+	case "committing":
+		return "committing the composefs image"
+	case "done":
+		return "pulled image " + e.Digest
+	}
+	return e.Kind
+}

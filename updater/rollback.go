@@ -1,0 +1,52 @@
+package updater
+
+import (
+	"context"
+	"fmt"
+)
+
+// Rollback makes the fallback entry the default and the default its
+// fallback, so run twice it toggles back. A staged update is discarded
+// first, as bootc does: rolling back means "not that".
+func Rollback(ctx context.Context, o Options) (Result, error) {
+	u, err := open(ctx, o, "rollback", false, false)
+	if err != nil {
+		return Result{}, err
+	}
+	defer u.Close()
+	s, err := u.state(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{APIVersion: APIVersion, Kind: "Result", Verb: "rollback", Removed: []string{}, Conflicts: []EtcConflict{}}
+	if s.rollbk == "" {
+		return res, fmt.Errorf("%w: no rollback deployment (the boot set has only %d entries); nothing to roll back to", ErrNoDeployment, len(s.entries))
+	}
+	next, ok1 := s.deps[s.rollbk]
+	prev, ok2 := s.deps[s.def]
+	if !ok1 || !ok2 {
+		return res, fmt.Errorf("%w: the boot entries name deployments %s and %s, which are not both in the store; run 'updatectl fsck'", ErrNoDeployment, s.def, s.rollbk)
+	}
+	if len(s.staged) > 0 {
+		u.o.emit("stage", "discarding the staged update "+s.stagedD)
+		if err := u.boot.DiscardStaged(ctx); err != nil {
+			return res, friendly(err)
+		}
+	}
+	first, err := u.bootDeployment(ctx, next)
+	if err != nil {
+		return res, err
+	}
+	fallback, err := u.bootDeployment(ctx, prev)
+	if err != nil {
+		return res, err
+	}
+	u.o.emit("stage", "making "+next.ID+" the default, "+prev.ID+" its fallback")
+	if err := u.boot.Apply(ctx, first, &fallback); err != nil {
+		return res, friendly(err)
+	}
+	res.Changed, res.Deployment = true, next.ID
+	res.RebootNeeded = next.ID != s.booted
+	res.Message = fmt.Sprintf("%s (%s) boots next; %s is the fallback", next.ID, versionOr(next.Origin.Version, next.Origin.Manifest), prev.ID)
+	return res, nil
+}

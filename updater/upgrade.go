@@ -1,0 +1,231 @@
+package updater
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/twinroot/twinroot/boot"
+	"github.com/twinroot/twinroot/deploy"
+	twsync "github.com/twinroot/twinroot/sync"
+	"github.com/twinroot/twinroot/verity"
+)
+
+// UpgradeOptions are the flags of upgrade and switch.
+type UpgradeOptions struct {
+	// DownloadOnly pulls the image and stops before deploying it.
+	DownloadOnly bool
+	// Apply reboots right after staging (the caller does it: Reboot).
+	Apply bool
+	// Kargs are extra kernel arguments for the new deployment, after the
+	// image's kargs.d and the configuration's.
+	Kargs []string
+}
+
+// Upgrade pulls what the origin names and, when it is new, deploys it
+// (merging /etc from the booted deployment) and stages a boot entry set
+// with it first and the booted deployment as fallback; finalize at
+// shutdown makes the switch. Nothing happens when the origin's manifest is
+// already booted, staged or the default.
+func Upgrade(ctx context.Context, o Options, uo UpgradeOptions) (Result, error) {
+	return upgrade(ctx, o, uo, "upgrade", "")
+}
+
+// upgrade is Upgrade and, with ref set, Switch.
+func upgrade(ctx context.Context, o Options, uo UpgradeOptions, verb, ref string) (Result, error) {
+	u, err := open(ctx, o, verb, false, false)
+	if err != nil {
+		return Result{}, err
+	}
+	defer u.Close()
+	s, err := u.state(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{APIVersion: APIVersion, Kind: "Result", Verb: verb, Removed: []string{}, Conflicts: []EtcConflict{}}
+	origin, base := s.origin(u.o.Config)
+	if ref != "" {
+		origin = ref
+	}
+	if origin == "" {
+		return res, fmt.Errorf("%w: no deployment and no origin in the configuration; use 'updatectl switch REF'", ErrNoOrigin)
+	}
+	u.o.emit("resolve", "checking "+origin)
+	r, err := twsync.Resolve(ctx, origin, u.pullOptions()...)
+	if err != nil {
+		return res, friendly(err)
+	}
+	if s.hasManifest(r.Manifest) && !(ref != "" && base != nil && base.Origin.Ref != ref) {
+		res.Message = fmt.Sprintf("%s is up to date (manifest %s)", origin, r.Manifest)
+		u.o.emit("resolve", res.Message)
+		return res, nil
+	}
+	if ref != "" && s.stagedD != "" && s.deps[s.stagedD].Origin.Manifest == r.Manifest && s.deps[s.stagedD].Origin.Ref == ref {
+		res.Message = fmt.Sprintf("%s is already staged as %s", ref, s.stagedD)
+		return res, nil
+	}
+	u.o.emit("pull", fmt.Sprintf("pulling %s (%d layers, %s)", origin, r.Layers, humanBytes(r.Size)))
+	pr, err := twsync.Pull(ctx, u.store, origin, append(u.pullOptions(), twsync.WithSpaceCheck(u.spaceCheck))...)
+	if err != nil {
+		return res, friendly(err)
+	}
+	res.Changed = true
+	if uo.DownloadOnly {
+		res.Message = fmt.Sprintf("downloaded %s as image %s; run 'updatectl upgrade' to stage it", origin, pr.Digest.Hex())
+		return res, nil
+	}
+	from := ""
+	if base != nil {
+		from = base.ID
+	}
+	d, err := u.deployImage(ctx, pr, r, uo.Kargs, from)
+	if err != nil {
+		return res, err
+	}
+	res.Deployment = d.ID
+	res.Conflicts = conflicts(d.Conflicts)
+	var fallback *boot.Deployment
+	if base != nil {
+		fb, err := u.bootDeployment(ctx, *base)
+		if err != nil {
+			return res, err
+		}
+		fallback = &fb
+	}
+	first, err := u.bootDeployment(ctx, d)
+	if err != nil {
+		return res, err
+	}
+	u.o.emit("stage", "staging boot entries: "+d.ID+" first")
+	if err := u.boot.Stage(ctx, first, fallback); err != nil {
+		return res, friendly(err)
+	}
+	res.RebootNeeded = true
+	res.Message = fmt.Sprintf("staged %s (%s); it boots after the next reboot", d.ID, versionOr(d.Origin.Version, pr.Manifest))
+	return res, nil
+}
+
+// Switch is Upgrade with a new origin: another image or tag, or an
+// oci:/oci-archive: source for machines without a registry.
+func Switch(ctx context.Context, o Options, ref string, uo UpgradeOptions) (Result, error) {
+	if strings.TrimSpace(ref) == "" {
+		return Result{}, fmt.Errorf("%w: switch needs an image reference", ErrNoOrigin)
+	}
+	return upgrade(ctx, o, uo, "switch", ref)
+}
+
+// deployImage makes a deployment of a pulled image, its /etc merged from
+// the deployment from ("" = the image's /etc as is).
+// r is what the check resolved; when the tag moved between check and
+// pull, the labels come from the committed image and the creation time is
+// left unknown.
+func (u *Updater) deployImage(ctx context.Context, pr twsync.Result, r twsync.Resolved, kargs []string, from string) (deploy.Deployment, error) {
+	origin := deploy.Origin{Ref: r.Source, Manifest: pr.Manifest, Config: pr.Config}
+	if pr.Manifest == r.Manifest {
+		origin.Version, origin.Created = r.Labels[LabelVersion], r.Created
+	} else if info, err := u.store.Image(ctx, pr.Digest); err == nil {
+		origin.Version = info.Meta.Labels[LabelVersion]
+	}
+	// The kernel check comes first: a deployment of an image that cannot
+	// boot is refused before anything is written.
+	if _, err := u.kernelOf(ctx, pr.Digest); err != nil {
+		return deploy.Deployment{}, err
+	}
+	u.o.emit("deploy", "deploying image "+pr.Digest.Hex()[:12]+mergeNote(from))
+	all := append(append([]string{}, u.o.Config.Boot.Kargs...), kargs...)
+	d, err := u.dep.Create(ctx, deploy.CreateOptions{Image: pr.Digest, Origin: origin, Kargs: all, MergeFrom: from})
+	if err != nil {
+		return deploy.Deployment{}, friendly(err)
+	}
+	return d, nil
+}
+
+func mergeNote(from string) string {
+	if from == "" {
+		return ""
+	}
+	return ", /etc merged from " + from
+}
+
+// kernelOf finds the kernel and initramfs in an image.
+func (u *Updater) kernelOf(ctx context.Context, d verity.Digest) (boot.Kernel, error) {
+	fsys, err := u.store.OpenImageFS(ctx, d)
+	if err != nil {
+		return boot.Kernel{}, err
+	}
+	defer fsys.Close()
+	k, err := boot.FindKernel(fsys)
+	if err != nil {
+		return boot.Kernel{}, friendly(fmt.Errorf("image %s: %w", d.Hex(), err))
+	}
+	return k, nil
+}
+
+// bootDeployment turns a deployment into what boot writes an entry from:
+// the kernel installed on the boot partition (once per content), the
+// image's kargs.d and os-release, and the deployment's own kernel
+// arguments.
+func (u *Updater) bootDeployment(ctx context.Context, d deploy.Deployment) (boot.Deployment, error) {
+	fsys, err := u.store.OpenImageFS(ctx, d.Image)
+	if err != nil {
+		return boot.Deployment{}, err
+	}
+	defer fsys.Close()
+	k, err := boot.FindKernel(fsys)
+	if err != nil {
+		return boot.Deployment{}, friendly(fmt.Errorf("deployment %s: %w", d.ID, err))
+	}
+	u.o.emit("kernel", "installing kernel "+k.Version+" for "+d.ID)
+	inst, err := u.boot.InstallKernel(ctx, fsys, k)
+	if err != nil {
+		return boot.Deployment{}, friendly(err)
+	}
+	ik, err := boot.ImageKargs(fsys, u.o.Arch)
+	if err != nil {
+		return boot.Deployment{}, err
+	}
+	osr := d.OSRelease
+	if osr == nil {
+		osr, _ = boot.ReadOSRelease(fsys)
+	}
+	root, err := u.rootSpec()
+	if err != nil {
+		return boot.Deployment{}, err
+	}
+	kargs := append([]string{"twinroot.verity=" + u.o.Config.Boot.Verity}, d.Kargs...)
+	return boot.Deployment{ID: d.ID, Image: d.Image, OSRelease: osr, Version: d.Origin.Version, Kernel: inst,
+		Root: root, ImageKargs: ik, Kargs: kargs}, nil
+}
+
+// spaceCheck is the pull's free-space check (the store's filesystem); the
+// boot partition's is InstallKernel's.
+func (u *Updater) spaceCheck(sp twsync.Space) error {
+	return twsync.CheckSpace(sp)
+}
+
+func conflicts(cs []deploy.Conflict) []EtcConflict {
+	out := []EtcConflict{}
+	for _, c := range cs {
+		out = append(out, EtcConflict{Path: c.Path, Reason: c.Reason})
+	}
+	return out
+}
+
+func versionOr(v, manifest string) string {
+	if v != "" {
+		return "version " + v
+	}
+	return "manifest " + manifest
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
