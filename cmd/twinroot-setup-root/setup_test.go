@@ -172,7 +172,7 @@ func TestSetupRootHost(t *testing.T) {
 		if ents, err := os.ReadDir(runDir); err != nil || len(ents) != 0 {
 			t.Errorf("staging left in %s: %v, %v", runDir, ents, err)
 		}
-		for _, step := range []string{"step=verify", "step=mount", "step=switch", "total_ms="} {
+		for _, step := range []string{"verify=", "inspect=", "stage=", "mount=", "bind-etc=", "bind-var=", "bind-sysroot=", "switch=", "total_ms="} {
 			if !strings.Contains(r.output, step) {
 				t.Errorf("log has no %s", step)
 			}

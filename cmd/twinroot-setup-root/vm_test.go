@@ -268,21 +268,24 @@ func checkRequire(t *testing.T) {
 }
 
 var (
-	stepRe  = regexp.MustCompile(`step=(\S+) ms=([0-9.]+)`)
-	totalRe = regexp.MustCompile(`t=([0-9.]+)ms level=INFO msg="new root in place"`)
+	doneRe = regexp.MustCompile(`t=([0-9.]+)ms level=INFO msg="new root in place" .*steps_ms="([^"]*)"`)
+	stepRe = regexp.MustCompile(`(\S+)=([0-9.]+)`)
 )
 
 // stepTimes parses the binary's log: the milliseconds of each step and the
 // time since the process started at which the new root was in place.
 func stepTimes(out string) (steps map[string]float64, total float64, err error) {
-	steps = map[string]float64{}
-	for _, m := range stepRe.FindAllStringSubmatch(out, -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		steps[m[1]] = v
-	}
-	m := totalRe.FindStringSubmatch(out)
+	m := doneRe.FindStringSubmatch(out)
 	if m == nil {
-		return nil, 0, fmt.Errorf("no \"new root in place\" line in the log")
+		return nil, 0, fmt.Errorf("no \"new root in place\" line with steps_ms in the log")
+	}
+	steps = map[string]float64{}
+	for _, sm := range stepRe.FindAllStringSubmatch(m[2], -1) {
+		v, _ := strconv.ParseFloat(sm[2], 64)
+		steps[sm[1]] = v
+	}
+	if _, ok := steps["mount"]; !ok {
+		return nil, 0, fmt.Errorf("no mount step in %q", m[2])
 	}
 	total, err = strconv.ParseFloat(m[1], 64)
 	return steps, total, err
