@@ -126,9 +126,11 @@ func (u *Updater) deployImage(ctx context.Context, pr twsync.Result, r twsync.Re
 	} else if info, err := u.store.Image(ctx, pr.Digest); err == nil {
 		origin.Version = info.Meta.Labels[LabelVersion]
 	}
-	// The kernel check comes first: a deployment of an image that cannot
-	// boot is refused before anything is written.
-	if _, err := u.kernelOf(ctx, pr.Digest); err != nil {
+	// The kernel comes first: an image that cannot boot, or whose kernel
+	// does not fit on the boot partition, is refused before a deployment
+	// exists. (Installing is once per content, so bootDeployment's second
+	// call copies nothing.)
+	if err := u.installKernel(ctx, pr.Digest); err != nil {
 		return deploy.Deployment{}, err
 	}
 	u.o.emit("deploy", "deploying image "+pr.Digest.Hex()[:12]+mergeNote(from))
@@ -147,18 +149,23 @@ func mergeNote(from string) string {
 	return ", /etc merged from " + from
 }
 
-// kernelOf finds the kernel and initramfs in an image.
-func (u *Updater) kernelOf(ctx context.Context, d verity.Digest) (boot.Kernel, error) {
+// installKernel copies an image's kernel and initramfs to the boot
+// partition.
+func (u *Updater) installKernel(ctx context.Context, d verity.Digest) error {
 	fsys, err := u.store.OpenImageFS(ctx, d)
 	if err != nil {
-		return boot.Kernel{}, err
+		return err
 	}
 	defer fsys.Close()
 	k, err := boot.FindKernel(fsys)
 	if err != nil {
-		return boot.Kernel{}, friendly(fmt.Errorf("image %s: %w", d.Hex(), err))
+		return friendly(fmt.Errorf("image %s: %w", d.Hex(), err))
 	}
-	return k, nil
+	u.o.emit("kernel", "installing kernel "+k.Version)
+	if _, err := u.boot.InstallKernel(ctx, fsys, k); err != nil {
+		return friendly(err)
+	}
+	return nil
 }
 
 // bootDeployment turns a deployment into what boot writes an entry from:
@@ -175,7 +182,6 @@ func (u *Updater) bootDeployment(ctx context.Context, d deploy.Deployment) (boot
 	if err != nil {
 		return boot.Deployment{}, friendly(fmt.Errorf("deployment %s: %w", d.ID, err))
 	}
-	u.o.emit("kernel", "installing kernel "+k.Version+" for "+d.ID)
 	inst, err := u.boot.InstallKernel(ctx, fsys, k)
 	if err != nil {
 		return boot.Deployment{}, friendly(err)

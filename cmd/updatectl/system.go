@@ -30,6 +30,7 @@ type pullFlags struct {
 	authFiles []string
 	regConf   string
 	platform  string
+	retries   int
 }
 
 func (p *pullFlags) add(cmd *cobra.Command) {
@@ -38,12 +39,14 @@ func (p *pullFlags) add(cmd *cobra.Command) {
 	f.StringArrayVar(&p.authFiles, "authfile", nil, "containers-auth.json file to read credentials from first (repeatable)")
 	f.StringVar(&p.regConf, "registries-conf", "", `registries.conf to use ("-" for none)`)
 	f.StringVar(&p.platform, "platform", "", "OS/ARCH[/VARIANT] to select from an image index (default: this machine)")
+	f.IntVar(&p.retries, "retry-times", 4, "how often a failed registry request is tried again (waits 1 s, doubled each time)")
 }
 
 func (p *pullFlags) options() []twsync.Option {
 	return []twsync.Option{
 		twsync.WithTLSVerify(p.tlsVerify), twsync.WithAuthFiles(p.authFiles...),
 		twsync.WithRegistriesConf(p.regConf), twsync.WithPlatform(p.platform),
+		twsync.WithRetry(p.retries, time.Second),
 	}
 }
 
