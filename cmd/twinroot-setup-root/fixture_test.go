@@ -68,9 +68,15 @@ func writeTree(t *testing.T, dir string, files map[string][]byte) {
 // deleted.
 func makeFixture(t *testing.T, sysroot string) fixture {
 	t.Helper()
+	return makeFixtureOf(t, sysroot, imageFiles)
+}
+
+// makeFixtureOf is makeFixture with an image made of files.
+func makeFixtureOf(t *testing.T, sysroot string, files map[string][]byte) fixture {
+	t.Helper()
 	ctx := context.Background()
 	src := t.TempDir()
-	writeTree(t, src, imageFiles)
+	writeTree(t, src, files)
 	s, err := objstore.Open(ctx, filepath.Join(sysroot, storeDir), objstore.Options{Create: true})
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +95,7 @@ func makeFixture(t *testing.T, sysroot string) fixture {
 	if err := os.Remove(filepath.Join(m.EtcDir(d.ID), "image-only")); err != nil {
 		t.Fatal(err)
 	}
-	return fixture{sysroot: sysroot, arg: bootarg.Arg{ID: d.ID, Image: res.Digest}, files: imageFiles, etc: deploymentEtc}
+	return fixture{sysroot: sysroot, arg: bootarg.Arg{ID: d.ID, Image: res.Digest}, files: files, etc: deploymentEtc}
 }
 
 // cmdline returns a kernel command line naming the fixture, plus extra.

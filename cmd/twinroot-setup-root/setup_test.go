@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -77,6 +82,39 @@ func TestEffectivePolicy(t *testing.T) {
 	}
 }
 
+// TestLogLines checks the log format the console, /dev/kmsg and the
+// benchmark read: the program prefix, t=<ms since start>, and the syslog
+// priority on the kmsg sink only, one Write per line.
+func TestLogLines(t *testing.T) {
+	var con, kmsg writes
+	start := time.Now().Add(-1500 * time.Millisecond)
+	log := newLogger(start, slog.LevelInfo, sink{w: &con}, sink{w: &kmsg, kmsg: true})
+	log.Info("hello", "k", "v")
+	log.With("deployment", "a.0").Error("refusing to boot")
+	log.Debug("not shown")
+	if len(con) != 2 || len(kmsg) != 2 {
+		t.Fatalf("%d console and %d kmsg writes, want 2 each: %q %q", len(con), len(kmsg), con, kmsg)
+	}
+	lineRe := regexp.MustCompile(`^twinroot-setup-root: t=(1[5-9][0-9]{2}|[2-9][0-9]{3})\.[0-9]{3}ms level=(INFO|ERROR) msg=`)
+	for i, want := range []struct{ prio, level, rest string }{{"<6>", "INFO", "hello k=v\n"}, {"<3>", "ERROR", `"refusing to boot" deployment=a.0` + "\n"}} {
+		c, k := con[i], kmsg[i]
+		if !lineRe.MatchString(c) || !strings.Contains(c, "level="+want.level) || !strings.HasSuffix(c, want.rest) {
+			t.Errorf("console line %q", c)
+		}
+		if !strings.HasPrefix(k, want.prio) || k[len(want.prio):] != c {
+			t.Errorf("kmsg line %q, want %q + the console line", k, want.prio)
+		}
+	}
+}
+
+// writes records each Write.
+type writes []string
+
+func (w *writes) Write(p []byte) (int, error) {
+	*w = append(*w, string(bytes.Clone(p)))
+	return len(p), nil
+}
+
 // TestDeps keeps the initramfs binary small: besides the standard library
 // it may import only these packages. errgroup comes with erofs (FromDir);
 // splitting erofs to avoid it is not worth a package of its own for
@@ -113,6 +151,12 @@ func TestDeps(t *testing.T) {
 // fixture, a run directory and a cleanup that unmounts everything.
 func hostEnv(t *testing.T) (fx fixture, runDir, bin string) {
 	t.Helper()
+	return hostEnvOf(t, imageFiles)
+}
+
+// hostEnvOf is hostEnv with an image made of files.
+func hostEnvOf(t *testing.T, files map[string][]byte) (fx fixture, runDir, bin string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: mounts a tmpfs, EROFS and overlayfs")
 	}
@@ -129,7 +173,7 @@ func hostEnv(t *testing.T) (fx fixture, runDir, bin string) {
 	if err := unix.Mount("tmpfs", sysroot, "tmpfs", 0, "mode=0755"); err != nil {
 		t.Fatalf("mount tmpfs: %v", err)
 	}
-	return makeFixture(t, sysroot), runDir, bin
+	return makeFixtureOf(t, sysroot, files), runDir, bin
 }
 
 // assertUntouched checks that a refused run left the physical root mounted
@@ -242,6 +286,41 @@ func TestSetupRootHost(t *testing.T) {
 			assertUntouched(t, fx, runDir)
 		})
 	}
+	t.Run("undo-after-partial-assembly", func(t *testing.T) {
+		// /var is a file on the physical root: the overlay and the /etc
+		// bind are mounted when binding /var fails, and must be undone.
+		fx, runDir, bin := hostEnv(t)
+		v := filepath.Join(fx.sysroot, "var")
+		if err := os.RemoveAll(v); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(v, []byte("not a directory"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := runBinary(t, bin, fx.cmdline("twinroot.verity=if-supported"), "--sysroot", fx.sysroot, "--run-dir", runDir, "--verbose")
+		if r.code != 1 || !strings.Contains(r.output, "bind "+v) {
+			t.Errorf("exit %d; want 1 with the failed bind of %s", r.code, v)
+		}
+		for _, undone := range []string{"bind-etc", "mount"} {
+			if !strings.Contains(r.output, "step="+undone) {
+				t.Errorf("step %s did not run before the failure: the test does not test the undo", undone)
+			}
+		}
+		if strings.Contains(r.output, "undo failed") {
+			t.Errorf("an undo step failed")
+		}
+		assertUntouched(t, fx, runDir)
+	})
+	t.Run("image-without-sysroot-dir", func(t *testing.T) {
+		files := maps.Clone(imageFiles)
+		delete(files, "sysroot/.keep")
+		fx, runDir, bin := hostEnvOf(t, files)
+		r := runBinary(t, bin, fx.cmdline("twinroot.verity=if-supported"), "--sysroot", fx.sysroot, "--run-dir", runDir)
+		if r.code != 1 || !strings.Contains(r.output, "has no /sysroot directory to mount on") {
+			t.Errorf("exit %d; want 1 naming the missing /sysroot", r.code)
+		}
+		assertUntouched(t, fx, runDir)
+	})
 	t.Run("not-a-mount-point", func(t *testing.T) {
 		fx, runDir, bin := hostEnv(t)
 		// A plain directory is not where a physical root is mounted.

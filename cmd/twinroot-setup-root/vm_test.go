@@ -161,9 +161,14 @@ func guestBoot1(t *testing.T) {
 		f.Close()
 	}
 	wrong := bootarg.Arg{ID: fx.arg.ID, Image: otherDigest}
-	r := runGuest(t, "root=/dev/vda rw "+wrong.String())
+	r := runBinary(t, guestBin, "root=/dev/vda rw "+wrong.String(), "--kmsg=true")
 	if r.code != 1 {
 		t.Errorf("wrong digest: exit status %d, want 1", r.code)
+	}
+	if out, err := exec.Command("dmesg").CombinedOutput(); err != nil {
+		t.Errorf("dmesg: %v", err)
+	} else if !strings.Contains(string(out), "twinroot-setup-root: ") || !strings.Contains(string(out), "refusing to boot deployment "+fx.arg.ID) {
+		t.Errorf("the refusal is not in the kernel log:\n%s", out)
 	}
 	for _, w := range []string{"refusing to boot deployment " + fx.arg.ID, "has fs-verity digest " + fx.arg.Image.String(),
 		"command line names " + otherDigest.String(), "NOT mounted"} {
