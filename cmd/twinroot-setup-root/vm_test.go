@@ -72,22 +72,35 @@ func vmHost(t *testing.T) (bin, disk string) {
 
 // TestSetupRootVM runs setup-root for real under Debian's 6.12 kernel with
 // fs-verity, twice on one disk, with / made recursively shared first as
-// systemd does in an initrd. Boot 1 makes a store and a deployment on the
-// disk (objstore seals every object and image.cfs), checks that a digest
-// that does not match refuses with the physical root untouched, then sets
-// up the root and checks it (verity=require in the overlay's mount
-// options, the image's content, the deployment's /etc, /var and /sysroot),
-// and leaves a file in /var. Boot 2 sets up the same deployment again,
-// finds that file, and flips one byte of an object on the block device:
-// reading that file through the new root gives EIO.
+// systemd does in an initrd. Boot 1 (the systemd/dracut layout: the
+// physical root at /sysroot) makes a store and a deployment on the disk
+// (objstore seals every object and image.cfs), checks that a digest that
+// does not match refuses with the physical root untouched and the message
+// in the kernel log, then sets up the root and checks it (verity=require
+// in the overlay's mount options, the image's content, the deployment's
+// /etc, /var and /sysroot), and leaves a file in /var. Boot 2 (Debian's
+// initramfs-tools layout) has twinroot= on its real kernel command line
+// and runs dist's local-bottom script with the physical root at /root;
+// the result has boot 1's /var and /etc files. Then one byte of an object
+// is flipped on the block device: reading that file through the new root
+// gives EIO.
 func TestSetupRootVM(t *testing.T) {
-	var bin, disk string
+	var bin, disk, karg string
 	if !vmtest.InGuest() {
 		bin, disk = vmHost(t)
 	}
 	ok := t.Run("boot1", func(t *testing.T) {
 		if !vmtest.InGuest() {
-			vmtest.RunTestInGuest(t, vmConfig(bin, disk))
+			res := vmtest.RunTest(t, t.Name(), vmConfig(bin, disk))
+			if res.ExitCode != 0 || !strings.Contains(res.Output, "--- PASS: "+t.Name()+" (") {
+				t.Fatalf("guest test failed (exit status %d)\n--- guest console:\n%s", res.ExitCode, res.Output)
+			}
+			t.Logf("--- guest console:\n%s", res.Output)
+			m := fixtureArgRe.FindStringSubmatch(res.Output)
+			if m == nil {
+				t.Fatal("boot 1 printed no fixture argument")
+			}
+			karg = m[1]
 			return
 		}
 		guestBoot1(t)
@@ -97,29 +110,42 @@ func TestSetupRootVM(t *testing.T) {
 	}
 	t.Run("boot2", func(t *testing.T) {
 		if !vmtest.InGuest() {
-			vmtest.RunTestInGuest(t, vmConfig(bin, disk))
+			cfg := vmConfig(bin, disk)
+			cfg.KernelArgs = []string{"rw", karg}
+			cfg.Files = append(cfg.Files,
+				vmtest.File{Host: bin, Guest: installPath, Mode: 0o755},
+				vmtest.File{Host: localBottom, Guest: "/scripts/local-bottom/twinroot", Mode: 0o755})
+			vmtest.RunTestInGuest(t, cfg)
 			return
 		}
 		guestBoot2(t)
 	})
 }
 
-// mountPhysicalRoot mounts the disk at /sysroot, as sysroot.mount or
-// initramfs-tools would, after making / shared as systemd does.
-func mountPhysicalRoot(t *testing.T) {
+// fixtureArgRe finds the twinroot= argument boot 1 prints for boot 2's
+// kernel command line.
+var fixtureArgRe = regexp.MustCompile(`FIXTURE-ARG (twinroot=\S+)`)
+
+// localBottom is the initramfs-tools script boot 2 runs.
+const localBottom = distDir + "/initramfs-tools/scripts/local-bottom/twinroot"
+
+// mountPhysicalRoot mounts the disk at dir (/sysroot as sysroot.mount
+// does, /root as initramfs-tools does), after making / shared as systemd
+// does.
+func mountPhysicalRoot(t *testing.T, dir string) {
 	t.Helper()
 	if err := unix.Mount("", "/", "", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
 		t.Fatalf("making / shared: %v", err)
 	}
-	for _, d := range []string{guestSysroot, "/run"} {
+	for _, d := range []string{dir, "/run"} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := unix.Mount(guestDisk, guestSysroot, "ext4", 0, ""); err != nil {
-		t.Fatalf("mounting %s on %s: %v", guestDisk, guestSysroot, err)
+	if err := unix.Mount(guestDisk, dir, "ext4", 0, ""); err != nil {
+		t.Fatalf("mounting %s on %s: %v", guestDisk, dir, err)
 	}
-	t.Cleanup(func() { unmountAll(t, guestSysroot); unix.Sync() })
+	t.Cleanup(func() { unmountAll(t, dir); unix.Sync() })
 }
 
 // runGuest runs the binary in the guest with the default paths
@@ -130,7 +156,7 @@ func runGuest(t *testing.T, cmdline string) runResult {
 }
 
 func guestBoot1(t *testing.T) {
-	mountPhysicalRoot(t)
+	mountPhysicalRoot(t, guestSysroot)
 	fx := makeFixture(t, guestSysroot)
 	img := filepath.Join(guestSysroot, storeDir, imagesDir, fx.arg.Image.Hex(), imageFile)
 	if f, err := os.Open(img); err != nil {
@@ -143,6 +169,7 @@ func guestBoot1(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(guestSysroot, fixtureRecord), []byte(fx.cmdline()), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("FIXTURE-ARG %s", fx.arg)
 
 	// A wrong digest: an image directory of that name holding a sealed
 	// copy of the real image.cfs, so the kernel's measurement is what
@@ -191,7 +218,7 @@ func guestBoot1(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("setup-root: exit status %d", r.code)
 	}
-	checkRequire(t)
+	checkRequire(t, guestSysroot)
 	checkNewRoot(t, guestSysroot, fx)
 	if err := os.WriteFile(filepath.Join(guestSysroot, "var/persist"), []byte("written in boot 1\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -199,9 +226,14 @@ func guestBoot1(t *testing.T) {
 	logTimes(t, r.output)
 }
 
+// guestBoot2 boots the disk the way Debian's initramfs-tools does: the
+// physical root at ${rootmnt} (/root), twinroot= on the real kernel
+// command line, and dist's local-bottom script running the installed
+// binary with its defaults (/proc/cmdline, /run, /dev/kmsg).
 func guestBoot2(t *testing.T) {
-	mountPhysicalRoot(t)
-	b, err := os.ReadFile(filepath.Join(guestSysroot, fixtureRecord))
+	const rootmnt = "/root"
+	mountPhysicalRoot(t, rootmnt)
+	b, err := os.ReadFile(filepath.Join(rootmnt, fixtureRecord))
 	if err != nil {
 		t.Fatalf("boot 1 left no fixture: %v", err)
 	}
@@ -209,28 +241,44 @@ func guestBoot2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fx := fixture{sysroot: guestSysroot, arg: arg, files: imageFiles, etc: deploymentEtc}
-	r := runGuest(t, string(b))
-	if r.code != 0 {
-		t.Fatalf("setup-root: exit status %d", r.code)
+	if k, err := os.ReadFile("/proc/cmdline"); err != nil || !strings.Contains(string(k), arg.String()) {
+		t.Fatalf("/proc/cmdline %q lacks %s (%v)", k, arg, err)
 	}
+	fx := fixture{sysroot: rootmnt, arg: arg, files: imageFiles, etc: deploymentEtc}
+	writeTree(t, "/scripts", map[string][]byte{"functions": []byte("panic() { echo \"initramfs panic: $*\"; exit 1; }\n")})
+	// A failure panics (initramfs-tools then drops to its shell).
+	notMounted := t.TempDir()
+	cmd := exec.Command("/bin/sh", "/scripts/local-bottom/twinroot")
+	cmd.Env = []string{"PATH=/bin", "rootmnt=" + notMounted}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "initramfs panic: twinroot-setup-root failed") || !strings.Contains(string(out), "is not a mount point") {
+		t.Errorf("local-bottom/twinroot with rootmnt=%s (not mounted): %v\n%s\nwant a panic naming the cause", notMounted, err, out)
+	}
+	cmd = exec.Command("/bin/sh", "/scripts/local-bottom/twinroot")
+	cmd.Env = []string{"PATH=/bin", "rootmnt=" + rootmnt}
+	out, err = cmd.CombinedOutput()
+	t.Logf("local-bottom/twinroot: %v\n%s", err, out)
+	if err != nil {
+		t.Fatalf("the initramfs-tools script failed: %v", err)
+	}
+	r := runResult{output: string(out)}
 	if strings.Contains(r.output, "created the persistent /var") {
 		t.Errorf("boot 2 created /var again")
 	}
-	checkRequire(t)
-	if got, err := os.ReadFile(filepath.Join(guestSysroot, "var/persist")); err != nil || string(got) != "written in boot 1\n" {
+	checkRequire(t, rootmnt)
+	if got, err := os.ReadFile(filepath.Join(rootmnt, "var/persist")); err != nil || string(got) != "written in boot 1\n" {
 		t.Errorf("/var/persist in boot 2: %q, %v; want boot 1's file", got, err)
 	}
-	if got, err := os.ReadFile(filepath.Join(guestSysroot, "etc/written-at-runtime")); err != nil || string(got) != "runtime\n" {
+	if got, err := os.ReadFile(filepath.Join(rootmnt, "etc/written-at-runtime")); err != nil || string(got) != "runtime\n" {
 		t.Errorf("/etc/written-at-runtime in boot 2: %q, %v; want boot 1's file", got, err)
 	}
-	checkNewRoot(t, guestSysroot, fx)
+	checkNewRoot(t, rootmnt, fx)
 	logTimes(t, r.output)
 
 	// Tamper with the object of usr/share/big on the block device.
 	const name, off = "usr/share/big", 4096 + 100
 	content := imageFiles[name]
-	obj := filepath.Join(guestSysroot, "sysroot", storeDir, "objects", verity.DigestBytes(content, verity.SHA256).ObjectPath())
+	obj := filepath.Join(rootmnt, "sysroot", storeDir, "objects", verity.DigestBytes(content, verity.SHA256).ObjectPath())
 	phys := physicalOffset(t, obj, off)
 	d, err := os.OpenFile(guestDisk, os.O_RDWR, 0)
 	if err != nil {
@@ -254,21 +302,21 @@ func guestBoot2(t *testing.T) {
 	if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.ReadFile(filepath.Join(guestSysroot, name)); !errors.Is(err, syscall.EIO) {
+	if _, err := os.ReadFile(filepath.Join(rootmnt, name)); !errors.Is(err, syscall.EIO) {
 		t.Errorf("reading the tampered %s through the new root: %v, want EIO", name, err)
 	}
-	if got, err := os.ReadFile(filepath.Join(guestSysroot, "usr/bin/hello")); err != nil || !bytes.Equal(got, imageFiles["usr/bin/hello"]) {
+	if got, err := os.ReadFile(filepath.Join(rootmnt, "usr/bin/hello")); err != nil || !bytes.Equal(got, imageFiles["usr/bin/hello"]) {
 		t.Errorf("an intact file after the tampering: %d bytes, %v", len(got), err)
 	}
 }
 
-// checkRequire checks that the root at /sysroot is the overlay with
+// checkRequire checks that the root at dir is the overlay with
 // verity=require.
-func checkRequire(t *testing.T) {
+func checkRequire(t *testing.T, dir string) {
 	t.Helper()
-	fstype, opts := mountInfo(t, guestSysroot)
+	fstype, opts := mountInfo(t, dir)
 	if fstype != "overlay" || !slices.Contains(opts, "verity=require") {
-		t.Errorf("%s is %s with %v; want overlay with verity=require", guestSysroot, fstype, opts)
+		t.Errorf("%s is %s with %v; want overlay with verity=require", dir, fstype, opts)
 	}
 }
 
@@ -342,7 +390,7 @@ func TestSetupRootBenchVM(t *testing.T) {
 		vmtest.RunTestInGuest(t, vmConfig(bin, disk, envBenchRuns+"="+strconv.Itoa(runs)))
 		return
 	}
-	mountPhysicalRoot(t)
+	mountPhysicalRoot(t, guestSysroot)
 	fx := makeFixture(t, guestSysroot)
 	var totals, mounts, overheads, walls []float64
 	for i := range runs {
