@@ -257,13 +257,13 @@ func TestCrashSafety(t *testing.T) {
 	if testing.Short() {
 		kills = 40
 	}
-	t.Run("exchange", func(t *testing.T) { crashSafety(t, kills, false) })
-	t.Run("renames", func(t *testing.T) { crashSafety(t, kills/2, true) })
+	t.Run("exchange", func(t *testing.T) { crashSafety(t, t.TempDir(), kills, false) })
+	t.Run("renames", func(t *testing.T) { crashSafety(t, t.TempDir(), kills/3, true) })
 }
 
-func crashSafety(t *testing.T, kills int, renames bool) {
+// crashSafety runs the crash test in dir.
+func crashSafety(t *testing.T, dir string, kills int, renames bool) {
 	ctx := context.Background()
-	dir := t.TempDir()
 	esp := filepath.Join(dir, "esp")
 	for _, d := range []string{esp, filepath.Join(dir, "efivars")} {
 		if err := os.Mkdir(d, 0o755); err != nil {
