@@ -119,6 +119,13 @@ func setupRoot(ctx context.Context, p Paths, arg bootarg.Arg, policy Policy, log
 			return fmt.Errorf("%w: %s is not a mount point: the physical root must be mounted there", ErrLayout, p.Sysroot)
 		}
 	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(p.Sysroot, &sfs); err != nil {
+		return fmt.Errorf("%w: %w", ErrLayout, &os.PathError{Op: "statfs", Path: p.Sysroot, Err: err})
+	}
+	if sfs.Flags&unix.ST_RDONLY != 0 {
+		log.Warn("the physical root is mounted read-only, so /etc and /var will be too (boot with rw)", "sysroot", p.Sysroot)
+	}
 	if fi, err := os.Stat(l.etc); err != nil {
 		return fmt.Errorf("%w: deployment %s: %w", ErrLayout, arg.ID, err)
 	} else if !fi.IsDir() {

@@ -222,6 +222,24 @@ func TestSetupRootHost(t *testing.T) {
 			}
 		}
 	})
+	t.Run("read-only-physical-root", func(t *testing.T) {
+		// sysroot.mount mounts ro unless the command line says rw: the
+		// root still comes up (deploy made /var), with a warning.
+		fx, runDir, bin := hostEnv(t)
+		if err := unix.Mount("", fx.sysroot, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			t.Fatal(err)
+		}
+		r := runBinary(t, bin, fx.cmdline("twinroot.verity=if-supported"), "--sysroot", fx.sysroot, "--run-dir", runDir)
+		if r.code != 0 {
+			t.Fatalf("exit status %d, want 0", r.code)
+		}
+		if !strings.Contains(r.output, "physical root is mounted read-only") {
+			t.Errorf("no warning about the read-only physical root")
+		}
+		if err := os.WriteFile(filepath.Join(fx.sysroot, "etc/x"), nil, 0o644); err == nil {
+			t.Errorf("/etc is writable on a read-only physical root")
+		}
+	})
 	t.Run("other-target", func(t *testing.T) {
 		fx, runDir, bin := hostEnv(t)
 		target := filepath.Join(filepath.Dir(runDir), "newroot")
