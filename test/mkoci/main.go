@@ -2,9 +2,18 @@
 // directory, for the demo and benchmark scripts. It is a test tool: the
 // tar writer keeps mode, owner, mtime, symlinks, hardlinks, devices and
 // xattrs (as SCHILY.xattr PAX records), which is what the sync package must
-// read back.
+// read back. Access and change times are left out, so the same tree always
+// gives the same layer digest.
 //
-// Usage: mkoci [-gzip|-zstd] [-label k=v]... LAYOUT TAG DIR...
+// -from TAG starts from an image already in LAYOUT (its layers and labels)
+// and appends the DIRs as new layers, so images derived from one another
+// share their lower layers blob for blob. -overlay reads each DIR as an
+// overlayfs upper directory: 0/0 character devices become OCI whiteouts
+// (.wh.NAME), directories marked trusted.overlay.opaque become opaque
+// (.wh..wh..opq), and trusted.overlay.* xattrs are dropped. -created sets the
+// config's creation time (RFC 3339). A TAG already in LAYOUT is replaced.
+//
+// Usage: mkoci [-zstd] [-from TAG] [-overlay] [-created TIME] [-label k=v]... LAYOUT TAG DIR...
 package main
 
 import (
@@ -19,10 +28,12 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -43,28 +54,64 @@ func (l labels) Set(s string) error {
 
 func main() {
 	zstd := flag.Bool("zstd", false, "compress layers with zstd (default gzip)")
+	from := flag.String("from", "", "start from this tag of LAYOUT instead of an empty image")
+	overlay := flag.Bool("overlay", false, "DIRs are overlayfs upper directories: convert their whiteouts")
+	created := flag.String("created", "", "config creation time (RFC 3339)")
 	lbl := labels{}
 	flag.Var(lbl, "label", "config label key=value (repeatable)")
 	flag.Parse()
 	if flag.NArg() < 3 {
-		fmt.Fprintln(os.Stderr, "usage: mkoci [-zstd] [-label k=v]... LAYOUT TAG DIR...")
+		fmt.Fprintln(os.Stderr, "usage: mkoci [-zstd] [-from TAG] [-overlay] [-created TIME] [-label k=v]... LAYOUT TAG DIR...")
 		os.Exit(2)
 	}
-	if err := build(flag.Arg(0), flag.Arg(1), flag.Args()[2:], *zstd, lbl); err != nil {
+	o := options{zstd: *zstd, from: *from, overlay: *overlay, labels: lbl}
+	if *created != "" {
+		t, err := time.Parse(time.RFC3339, *created)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mkoci: -created:", err)
+			os.Exit(2)
+		}
+		o.created = t
+	}
+	if err := build(flag.Arg(0), flag.Arg(1), flag.Args()[2:], o); err != nil {
 		fmt.Fprintln(os.Stderr, "mkoci:", err)
 		os.Exit(1)
 	}
 }
 
-func build(dir, tag string, layers []string, zstd bool, lbl labels) error {
+// options are mkoci's flags.
+type options struct {
+	zstd, overlay bool
+	from          string
+	created       time.Time
+	labels        labels
+}
+
+const refName = "org.opencontainers.image.ref.name"
+
+func build(dir, tag string, layers []string, o options) error {
 	img := mutate.MediaType(mutate.ConfigMediaType(empty.Image, types.OCIConfigJSON), types.OCIManifestSchema1)
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		if o.from != "" {
+			return fmt.Errorf("-from %s: %w", o.from, err)
+		}
+		if p, err = layout.Write(dir, empty.Index); err != nil {
+			return err
+		}
+	}
+	if o.from != "" {
+		if img, err = tagged(p, o.from); err != nil {
+			return err
+		}
+	}
 	for _, l := range layers {
-		buf, err := tarDir(l)
+		buf, err := tarDir(l, o.overlay)
 		if err != nil {
 			return err
 		}
 		opts := []tarball.LayerOption{tarball.WithMediaType(types.OCILayer)}
-		if zstd {
+		if o.zstd {
 			opts = []tarball.LayerOption{tarball.WithMediaType(types.OCILayerZStd), tarball.WithCompression("zstd")}
 		}
 		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
@@ -83,22 +130,44 @@ func build(dir, tag string, layers []string, zstd bool, lbl labels) error {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Labels = lbl
+	if cf.Config.Labels == nil {
+		cf.Config.Labels = map[string]string{}
+	}
+	for k, v := range o.labels {
+		cf.Config.Labels[k] = v
+	}
+	if !o.created.IsZero() {
+		cf.Created = v1.Time{Time: o.created}
+	}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return err
 	}
-	p, err := layout.FromPath(dir)
-	if err != nil {
-		if p, err = layout.Write(dir, empty.Index); err != nil {
-			return err
-		}
-	}
-	return p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": tag}),
+	return p.ReplaceImage(img, match.Annotation(refName, tag), layout.WithAnnotations(map[string]string{refName: tag}),
 		layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))
 }
 
-// tarDir writes the tree under root as an uncompressed tar in memory.
-func tarDir(root string) ([]byte, error) {
+// tagged returns the image of LAYOUT whose ref.name annotation is tag.
+func tagged(p layout.Path, tag string) (v1.Image, error) {
+	idx, err := p.ImageIndex()
+	if err != nil {
+		return nil, err
+	}
+	m, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range m.Manifests {
+		if d.Annotations[refName] == tag {
+			return p.Image(d.Digest)
+		}
+	}
+	return nil, fmt.Errorf("-from %s: no such tag in %s", tag, p)
+}
+
+// tarDir writes the tree under root as an uncompressed tar in memory. With
+// overlay, root is an overlayfs upper directory and its whiteouts become OCI
+// whiteouts.
+func tarDir(root string, overlay bool) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	seen := map[[2]uint64]string{}
@@ -127,8 +196,14 @@ func tarDir(root string) ([]byte, error) {
 		h.Name = rel
 		h.Format = tar.FormatPAX
 		h.Uname, h.Gname = "", ""
+		h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
 		st := fi.Sys().(*syscall.Stat_t)
 		h.Uid, h.Gid = int(st.Uid), int(st.Gid)
+		if overlay && fi.Mode()&fs.ModeCharDevice != 0 && st.Rdev == 0 {
+			// An overlayfs whiteout: the lower file is deleted.
+			return tw.WriteHeader(&tar.Header{Name: whiteout(rel, filepath.Base(rel)), Typeflag: tar.TypeReg,
+				Mode: 0o644, ModTime: h.ModTime, Format: tar.FormatPAX})
+		}
 		if fi.Mode().IsRegular() && st.Nlink > 1 {
 			key := [2]uint64{st.Dev, st.Ino}
 			if first, ok := seen[key]; ok {
@@ -140,8 +215,28 @@ func tarDir(root string) ([]byte, error) {
 		if err := addXattrs(h, p); err != nil {
 			return err
 		}
+		opaque := false
+		if overlay {
+			for k, v := range h.PAXRecords {
+				if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && strings.HasPrefix(name, "trusted.overlay.") {
+					opaque = opaque || (name == "trusted.overlay.opaque" && v == "y")
+					delete(h.PAXRecords, k)
+				}
+			}
+		}
 		if err := tw.WriteHeader(h); err != nil {
 			return err
+		}
+		if opaque && fi.IsDir() {
+			// An opaque directory hides everything below it in lower layers.
+			name := ".wh..wh..opq"
+			if rel != "./" {
+				name = rel + "/" + name
+			}
+			if err := tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644,
+				ModTime: h.ModTime, Format: tar.FormatPAX}); err != nil {
+				return err
+			}
 		}
 		if h.Typeflag == tar.TypeReg {
 			f, err := os.Open(p)
@@ -162,6 +257,14 @@ func tarDir(root string) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// whiteout names the OCI whiteout of rel, whose base name is base.
+func whiteout(rel, base string) string {
+	if dir := filepath.Dir(rel); dir != "." {
+		return dir + "/.wh." + base
+	}
+	return ".wh." + base
 }
 
 func addXattrs(h *tar.Header, p string) error {
