@@ -20,11 +20,11 @@ STATICCHECK := $(TOOLS)/staticcheck
 DEMO_DEB_PACKAGES := attr curl docker-registry erofs-utils file fsverity skopeo util-linux
 
 # Debian packages the tests and benchmarks need.
-DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf mtools dosfstools \
+DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf mtools dosfstools fdisk \
 	systemd-boot-efi busybox-static e2fsprogs cpio kmod attr acl util-linux \
 	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3 xfsprogs btrfs-progs gnupg
 
-.PHONY: all deps deps-demo deps-test tools build test vet lint gotest scripttest bench demo clean
+.PHONY: all deps deps-demo deps-test tools build test vet lint gotest scripttest bench demo e2e clean
 
 all: build
 
@@ -84,6 +84,12 @@ test: deps-test lint gotest scripttest
 
 bench: deps-test build
 	@for b in bench/*.sh; do [ -e "$$b" ] || continue; echo "== $$b"; bash "$$b" || exit 1; done
+
+# e2e: the whole scenario in QEMU guests (OVMF, systemd-boot, the 6.12 kernel,
+# systemd, updatectl in the guest) against a registry on 127.0.0.1. Not part of
+# make test: see README.md for what it needs and how long it takes.
+e2e: deps build
+	bash test/e2e/run.sh
 
 demo: deps-demo build
 	bash test/demo.sh

@@ -314,7 +314,21 @@ LAYERS=("$V2/upper")
 pack v2 "$V2_KEY" -from v1 -overlay -created 2026-01-02T00:00:00Z -label org.opencontainers.image.version=2
 LAYERS=("$V3/upper")
 pack v3 "$V3_KEY" -from v1 -overlay -created 2026-01-03T00:00:00Z -label org.opencontainers.image.version=3
+# The power-cut images: v2 plus a one-file layer each, versions 2.01, 2.02...,
+# so every trial of step 5 has something new to fetch.
+CUTS=${TWINROOT_E2E_CUTS:-20}
+mkdir -p "$CACHE/cut-layers"
+for i in $(seq -f %02g 1 "$CUTS"); do
+	d=$CACHE/cut-layers/$i
+	mkdir -p "$d/usr/share/twinroot-e2e"
+	echo "power-cut image $i" >"$d/usr/share/twinroot-e2e/cut"
+	touch -d 2026-01-02T00:00:00Z "$d/usr/share/twinroot-e2e/cut" "$d/usr/share/twinroot-e2e" "$d/usr/share" "$d/usr" "$d"
+	LAYERS=("$d")
+	pack "cut-$i" "$V2_KEY" -from v2 -created "2026-01-02T01:${i}:00Z" -label "org.opencontainers.image.version=2.$i"
+done
+echo "$CUTS" >"$OCI/cuts"
 echo "$KVER" >"$OCI/kernel-version"
+echo "$V2/upper" >"$OCI/v2-upper"
 # The trees the disk builder needs: v1 as layers (lowest last, overlay order).
 printf '%s\n' "$L2/upper" "$BASE/rootfs" >"$OCI/v1-layers"
 log "images: $OCI (v1, v2, v3; kernel $KVER)"

@@ -54,7 +54,9 @@ start=$root_start, size=$root_sectors, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4
 EOF
 
 # The ESP: FAT32 at its offset (sectors), then the files through mtools.
-mkfs.vfat -F 32 -s 1 -n "$(echo "${PREFIX}ESP" | tr a-z- A-Z_ | cut -c1-11)" --offset=$esp_start "$OUT" $((ESP * 1024)) >/dev/null
+# (It warns that the file is larger than the count it is given: that is the point.)
+out=$(mkfs.vfat -F 32 -s 1 -n "$(echo "${PREFIX}ESP" | tr a-z- A-Z_ | cut -c1-11)" --offset=$esp_start \
+	"$OUT" $((ESP * 1024)) 2>&1) || { echo "$out" >&2; exit 1; }
 if [ -n "$ESP_FROM" ]; then
 	img="$OUT@@$((esp_start * 512))"
 	(cd "$ESP_FROM" && find . -mindepth 1 -type d | LC_ALL=C sort | while read -r d; do

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -27,10 +26,6 @@ const (
 	guestRegistry = "10.0.2.100:5000"
 	fwCfgStep     = "opt/twinroot-e2e/step"
 )
-
-// errNoDriver means the guest stopped without the driver reporting a status:
-// the boot never completed (or QEMU was killed on purpose).
-var errNoDriver = errors.New("the guest reported no step status")
 
 // machine is one emulated computer: its disks and its UEFI variable store
 // persist across boots, as a real machine's would.
@@ -82,6 +77,7 @@ type bootResult struct {
 	KilledAt  time.Duration
 	Reboots   bool // the guest asked for a reboot or poweroff by itself (QEMU exited on its own)
 	QEMUError error
+	Marks     map[string]time.Duration // E2E-MARK name → when the host saw it
 }
 
 // boot powers the machine on once and waits until QEMU exits: the guest
@@ -91,7 +87,7 @@ type bootResult struct {
 func (m *machine) boot(ctx context.Context, o bootOptions) (bootResult, error) {
 	m.boots++
 	n := m.boots
-	res := bootResult{RC: -1, Console: filepath.Join(m.dir, fmt.Sprintf("console-%02d.log", n))}
+	res := bootResult{RC: -1, Console: filepath.Join(m.dir, fmt.Sprintf("console-%02d.log", n)), Marks: map[string]time.Duration{}}
 	script := filepath.Join(m.dir, fmt.Sprintf("step-%02d.sh", n))
 	if err := os.WriteFile(script, []byte(stepPrelude+o.Script), 0o644); err != nil {
 		return res, err
@@ -146,6 +142,9 @@ func (m *machine) boot(ctx context.Context, o bootOptions) (bootResult, error) {
 		out.read(drvLog, func(line string) {
 			if res.Up == 0 && strings.HasPrefix(line, "E2E-UP") {
 				res.Up = time.Since(start)
+			}
+			if name, ok := strings.CutPrefix(line, "E2E-MARK "); ok {
+				res.Marks[strings.TrimSpace(name)] = time.Since(start)
 			}
 			if o.KillAt != nil && !res.Killed && o.KillAt(line, time.Since(start)) {
 				powerCut(cmd)

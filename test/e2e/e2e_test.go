@@ -1,0 +1,53 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestSection(t *testing.T) {
+	out := "noise\nE2E-BEGIN status\n{\"a\":1}\nline 2\nE2E-END status\nE2E-STATUS status 3\nE2E-BEGIN x\ny\n"
+	tests := []struct {
+		name, want string
+		code       int
+	}{
+		{"status", "{\"a\":1}\nline 2", 3},
+		{"x", "y\n", -1},    // never ended: the boot was cut
+		{"missing", "", -1}, // never started
+		{"statu", "", -1},   // a prefix is not a name
+	}
+	for _, tt := range tests {
+		got, code := section(out, tt.name)
+		if got != tt.want || code != tt.code {
+			t.Errorf("section(%q) = %q, %d; want %q, %d", tt.name, got, code, tt.want, tt.code)
+		}
+	}
+}
+
+func TestParseRC(t *testing.T) {
+	tests := []struct {
+		out  string
+		want int
+	}{
+		{"E2E-UP 1.0\nE2E-RC 0\n", 0},
+		{"E2E-RC 3\nE2E-RC 255 (no step script in fw_cfg)\n", 255},
+		{"E2E-UP 1.0\nE2E-MARK cut-start\n", -1},
+		{"E2E-RC x\n", -1},
+	}
+	for _, tt := range tests {
+		if got := parseRC(tt.out); got != tt.want {
+			t.Errorf("parseRC(%q) = %d, want %d", tt.out, got, tt.want)
+		}
+	}
+}
+
+func TestRelayBytes(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "count")
+	if err := os.WriteFile(f, []byte("100 20\n5 1\ntorn"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if down, conns := relayBytes(f); down != 105 || conns != 2 {
+		t.Errorf("relayBytes = %d, %d; want 105, 2", down, conns)
+	}
+}
