@@ -65,7 +65,9 @@ func resolvedStatus(r twsync.Resolved) ImageStatus {
 
 // pullOptions are the sync options of every pull and check.
 func (u *Updater) pullOptions() []twsync.Option {
-	opts := append([]twsync.Option{twsync.WithLogger(u.o.Log)}, u.o.Pull...)
+	// The configuration's enforce-container-sigpolicy first, so that a
+	// flag in Pull overrides it.
+	opts := append([]twsync.Option{twsync.WithLogger(u.o.Log), twsync.WithEnforceSignaturePolicy(u.o.Config.Update.EnforceContainerSigpolicy)}, u.o.Pull...)
 	if u.o.Progress != nil {
 		p := u.o.Progress
 		opts = append(opts, twsync.WithProgress(func(e twsync.Event) {

@@ -34,6 +34,7 @@ const (
 //	[update]
 //	origin = "docker://registry.example/os/debian-bootc:stable" # default: the booted deployment's origin
 //	auto-apply = "stage"                                        # none | stage | apply
+//	enforce-container-sigpolicy = false                         # refuse images policy.json does not verify
 //	[boot]
 //	verity = "if-supported"                                     # if-supported | require
 //	kargs = ["console=ttyS0"]                                   # extra kernel arguments for new deployments
@@ -54,6 +55,10 @@ type UpdateConfig struct {
 	// AutoApply is what twinroot-update.service does with an update:
 	// none, stage (default) or apply.
 	AutoApply string `toml:"auto-apply"`
+	// EnforceContainerSigpolicy refuses images that containers-policy.json
+	// accepts without verifying a signature (bootc's
+	// --enforce-container-sigpolicy; the flag overrides it).
+	EnforceContainerSigpolicy bool `toml:"enforce-container-sigpolicy"`
 }
 
 // BootConfig is the [boot] table.

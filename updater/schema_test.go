@@ -51,6 +51,9 @@ func sampleHost() Host {
 	}
 	booted := e("aaaaaaaaaaaa.0", "1")
 	booted.Boot = &BootStatus{Entry: "twinroot-0-aaaaaaaaaaaa.0.conf", Blessed: true, Linux: "/twinroot/vmlinuz-" + string(bytes.Repeat([]byte("f"), 64))}
+	booted.Image.MinVersion = "1"
+	booted.Image.Signature = &SignatureStatus{Verified: true, PolicyEntry: `transports.docker."127.0.0.1:5000/os"`, Requirements: []string{"sigstoreSigned"},
+		Policy: "/etc/containers/policy.json", ManifestDigest: "sha256:" + string(bytes.Repeat([]byte("1"), 64))}
 	staged := e("bbbbbbbbbbbb.0", "2")
 	staged.Conflicts = []EtcConflict{{Path: "/etc/motd", Reason: "changed locally and in the image"}}
 	return Host{

@@ -102,6 +102,31 @@ type ImageStatus struct {
 	Timestamp *time.Time `json:"timestamp"`
 	// OS is PRETTY_NAME from the image's os-release ("" if none).
 	OS string `json:"os"`
+	// MinVersion is the image's signed floor (label io.twinroot.min-version):
+	// upgrades refuse images older than it ("" if none).
+	MinVersion string `json:"minVersion"`
+	// Signature is how containers-policy.json judged the image when it was
+	// pulled; null when nothing was recorded (an imported image).
+	Signature *SignatureStatus `json:"signature"`
+}
+
+// SignatureStatus is the signature policy's verdict on an image at pull
+// time.
+type SignatureStatus struct {
+	// Verified is true when the policy entry verified a signature
+	// (signedBy, sigstoreSigned); false when it accepted the image without
+	// (insecureAcceptAnything).
+	Verified bool `json:"verified"`
+	// PolicyEntry names the entry that applied, as in policy.json:
+	// transports.docker."quay.io/org", transports.oci."", or default.
+	PolicyEntry string `json:"policyEntry"`
+	// Requirements are the entry's requirement types, in order.
+	Requirements []string `json:"requirements"`
+	// Policy is the policy file ("" when none existed: insecureAcceptAnything).
+	Policy string `json:"policy"`
+	// ManifestDigest is the digest the signatures were checked against:
+	// the top-level manifest (an index when the image came from one).
+	ManifestDigest string `json:"manifestDigest"`
 }
 
 // BootStatus is a deployment's boot loader entry.

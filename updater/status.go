@@ -155,6 +155,10 @@ func (u *Updater) host(ctx context.Context, s *state) (Host, error) {
 			return nil
 		}
 		e := bootEntry(d)
+		if p, ok := u.provenance(ctx, d); ok {
+			e.Image.Signature = signatureStatus(p)
+			e.Image.MinVersion = p.Version.Floor
+		}
 		if ie, ok := entryOf[id]; ok {
 			e.Boot = bootStatus(ie)
 		}

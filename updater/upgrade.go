@@ -20,6 +20,10 @@ type UpgradeOptions struct {
 	// Kargs are extra kernel arguments for the new deployment, after the
 	// image's kargs.d and the configuration's.
 	Kargs []string
+	// AllowDowngrade lets upgrade install an image older than the booted
+	// one (never one below a deployment's signed floor). Rollback is the
+	// way back to an installed deployment.
+	AllowDowngrade bool
 }
 
 // Upgrade pulls what the origin names and, when it is new, deploys it
@@ -65,7 +69,17 @@ func upgrade(ctx context.Context, o Options, uo UpgradeOptions, verb, ref string
 		return res, nil
 	}
 	u.o.emit("pull", fmt.Sprintf("pulling %s (%d layers, %s)", origin, r.Layers, humanBytes(r.Size)))
-	pr, err := twsync.Pull(ctx, u.store, origin, append(u.pullOptions(), twsync.WithSpaceCheck(u.spaceCheck))...)
+	popts := append(u.pullOptions(), twsync.WithSpaceCheck(u.spaceCheck))
+	if verb == "upgrade" {
+		// Versions are checked on what the pull resolved and the policy
+		// accepted, before the store sees it: a tag re-pointed to an
+		// older image, or a replayed old one, stops here. A switch is
+		// the operator's explicit choice of image and is not compared.
+		popts = append(popts, twsync.WithAccept(func(p twsync.Result) error {
+			return u.checkVersion(ctx, s, base, p.Version, uo.AllowDowngrade)
+		}))
+	}
+	pr, err := twsync.Pull(ctx, u.store, origin, popts...)
 	if err != nil {
 		return res, friendly(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	twsync "github.com/twinroot/twinroot/sync"
 	"github.com/twinroot/twinroot/updater"
@@ -31,6 +32,8 @@ type pullFlags struct {
 	regConf   string
 	platform  string
 	retries   int
+	sig       sigFlags
+	flags     *pflag.FlagSet
 }
 
 func (p *pullFlags) add(cmd *cobra.Command) {
@@ -40,14 +43,21 @@ func (p *pullFlags) add(cmd *cobra.Command) {
 	f.StringVar(&p.regConf, "registries-conf", "", `registries.conf to use ("-" for none)`)
 	f.StringVar(&p.platform, "platform", "", "OS/ARCH[/VARIANT] to select from an image index (default: this machine)")
 	f.IntVar(&p.retries, "retry-times", 4, "how often a failed registry request is tried again (waits 1 s, doubled each time)")
+	p.sig.register(f)
+	p.flags = f
 }
 
 func (p *pullFlags) options() []twsync.Option {
-	return []twsync.Option{
+	opts := []twsync.Option{
 		twsync.WithTLSVerify(p.tlsVerify), twsync.WithAuthFiles(p.authFiles...),
 		twsync.WithRegistriesConf(p.regConf), twsync.WithPlatform(p.platform),
 		twsync.WithRetry(p.retries, time.Second),
+		twsync.WithPolicy(p.sig.policy), twsync.WithRegistriesD(p.sig.registriesD),
 	}
+	if p.flags != nil && p.flags.Changed("enforce-container-sigpolicy") { // else config.toml's [update] enforce-container-sigpolicy
+		opts = append(opts, twsync.WithEnforceSignaturePolicy(p.sig.enforce))
+	}
+	return opts
 }
 
 // options builds the updater options from the global flags.
@@ -143,9 +153,9 @@ org.twinroot/v1; schema: docs/updatectl.schema.json).`,
 
 func newUpgradeCmd(a *app) *cobra.Command {
 	var (
-		check, downloadOnly, apply, asJSON bool
-		kargs                              []string
-		pf                                 pullFlags
+		check, downloadOnly, apply, asJSON, allowDowngrade bool
+		kargs                                              []string
+		pf                                                 pullFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "upgrade",
@@ -184,13 +194,14 @@ available, 77 when the system is up to date.`,
 				}
 				return nil
 			}
-			res, err := updater.Upgrade(ctx, o, updater.UpgradeOptions{DownloadOnly: downloadOnly, Apply: apply, Kargs: kargs})
+			res, err := updater.Upgrade(ctx, o, updater.UpgradeOptions{DownloadOnly: downloadOnly, Apply: apply, Kargs: kargs, AllowDowngrade: allowDowngrade})
 			return a.finish(ctx, res, err, asJSON, apply)
 		},
 	}
 	f := cmd.Flags()
 	f.BoolVar(&check, "check", false, "only check whether an update is available (exit 0: yes, 77: no)")
 	f.BoolVar(&downloadOnly, "download-only", false, "pull the image but do not deploy or stage it")
+	f.BoolVar(&allowDowngrade, "allow-downgrade", false, "install an image older than the booted one (never below a signed io.twinroot.min-version floor; rollback returns to an installed deployment)")
 	f.BoolVar(&apply, "apply", false, "reboot right after staging")
 	f.BoolVar(&asJSON, "json", false, "print progress events and the result as JSON lines")
 	f.StringArrayVar(&kargs, "karg", nil, "extra kernel argument for the new deployment (repeatable)")
@@ -482,6 +493,16 @@ func printEntry(w io.Writer, mark, title string, e *updater.BootEntry, h updater
 	}
 	row("Version", ver)
 	row("Composefs", e.Image.ComposefsDigest)
+	if sg := e.Image.Signature; sg != nil {
+		state := "not verified"
+		if sg.Verified {
+			state = "verified"
+		}
+		row("Signature", fmt.Sprintf("%s by %s (%s)", state, strings.Join(sg.Requirements, "+"), sg.PolicyEntry))
+	}
+	if e.Image.MinVersion != "" {
+		row("Min version", e.Image.MinVersion)
+	}
 	if e.Image.OS != "" {
 		row("OS", e.Image.OS)
 	}
