@@ -8,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
 // applyOptions are Apply's knobs for Manager (tests and benchmarks).
 type applyOptions struct {
-	fsync bool               // fsync each file (else the caller's syncfs is the barrier)
 	crash func(point string) // called after each path
 }
 
@@ -30,19 +30,20 @@ func Apply(ctx context.Context, plan Plan, dst string) error {
 
 type inodeKey struct{ dev, ino uint64 }
 
+// applyWorkers bounds the files Apply writes at once: creating files is
+// mostly waiting on the filesystem's metadata updates.
+const applyWorkers = 4
+
 func apply(ctx context.Context, plan Plan, dst string, o applyOptions) error {
-	links := map[inodeKey]string{}
-	type dirTime struct {
-		path string
-		e    *entry
+	type job struct {
+		t      *tree
+		rel    string
+		e      *entry
+		target string
 	}
-	var dirs []dirTime
-	for i, a := range plan.Actions {
-		if i%64 == 0 {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-		}
+	var dirs, files, links []job
+	first := map[inodeKey]string{}
+	for _, a := range plan.Actions {
 		t := plan.new
 		if a.From == FromLocal {
 			t = plan.local
@@ -51,38 +52,73 @@ func apply(ctx context.Context, plan Plan, dst string, o applyOptions) error {
 		if e == nil {
 			return fmt.Errorf("deploy: apply: %s: not in the %s tree", a.Path, a.From)
 		}
-		target := filepath.Join(dst, a.Path)
-		var err error
-		switch e.typ() {
-		case unix.S_IFDIR:
-			err = makeDir(target, e)
-			dirs = append(dirs, dirTime{target, e})
-		case unix.S_IFREG:
+		j := job{t, a.Path, e, filepath.Join(dst, a.Path)}
+		switch {
+		case e.isDir():
+			dirs = append(dirs, j)
+		case e.typ() == unix.S_IFREG && a.From == FromLocal && e.nlink > 1:
 			k := inodeKey{e.dev, e.ino}
-			if a.From == FromLocal && e.nlink > 1 {
-				if first, ok := links[k]; ok {
-					if err := os.Link(first, target); err != nil {
-						return fmt.Errorf("deploy: %w", err)
-					}
-					break
-				}
-				links[k] = target
+			if f, ok := first[k]; ok {
+				j.rel = f // the link's target
+				links = append(links, j)
+				continue
 			}
-			err = copyFile(t, a.Path, e, target, o.fsync)
-		case unix.S_IFLNK:
-			err = makeSymlink(target, e)
+			first[k] = j.target
+			files = append(files, j)
 		default:
-			err = makeNode(target, e)
+			files = append(files, j)
 		}
-		if err != nil {
+	}
+	// Directories first, in order (parents before children), then every
+	// other path on a few workers, then the hardlinks, then the
+	// directories' times (children first, since creating an entry changes
+	// its directory's mtime).
+	for _, j := range dirs {
+		if err := makeDir(j.target, j.e); err != nil {
 			return err
 		}
 		if o.crash != nil {
 			o.crash("apply.path")
 		}
 	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(applyWorkers)
+	for _, j := range files {
+		if gctx.Err() != nil {
+			break
+		}
+		g.Go(func() error {
+			var err error
+			switch j.e.typ() {
+			case unix.S_IFREG:
+				err = copyFile(j.t, j.rel, j.e, j.target)
+			case unix.S_IFLNK:
+				err = makeSymlink(j.target, j.e)
+			default:
+				err = makeNode(j.target, j.e)
+			}
+			if err == nil && o.crash != nil {
+				o.crash("apply.path")
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for _, j := range links {
+		if err := os.Link(j.rel, j.target); err != nil {
+			return fmt.Errorf("deploy: %w", err)
+		}
+		if o.crash != nil {
+			o.crash("apply.path")
+		}
+	}
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := setTimes(dirs[i].path, dirs[i].e); err != nil {
+		if err := setTimes(dirs[i].target, dirs[i].e); err != nil {
 			return err
 		}
 	}
@@ -143,15 +179,17 @@ func makeNode(p string, e *entry) error {
 	return setTimes(p, e)
 }
 
-// copyFile creates p with the content of path rel of tree t.
-func copyFile(t *tree, rel string, e *entry, p string, fsync bool) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+// copyFile creates p with the content of path rel of tree t, then sets
+// owner, mode and xattrs through the open descriptor.
+func copyFile(t *tree, rel string, e *entry, p string) error {
+	fd, err := unix.Open(p, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return fmt.Errorf("deploy: %w", err)
+		return fmt.Errorf("deploy: create %s: %w", p, err)
 	}
+	f := os.NewFile(uintptr(fd), p)
 	err = writeContent(f, t, rel, e)
-	if err == nil && fsync {
-		err = f.Sync()
+	if err == nil {
+		err = fsetMeta(fd, e)
 	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
@@ -159,10 +197,23 @@ func copyFile(t *tree, rel string, e *entry, p string, fsync bool) error {
 	if err != nil {
 		return fmt.Errorf("deploy: %s: %w", p, err)
 	}
-	if err := setMeta(p, e, false); err != nil {
-		return err
-	}
 	return setTimes(p, e)
+}
+
+// fsetMeta is setMeta on an open regular file.
+func fsetMeta(fd int, e *entry) error {
+	if err := unix.Fchown(fd, int(e.uid), int(e.gid)); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	if err := unix.Fchmod(fd, e.mode&0o7777); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	for _, x := range e.xattrs {
+		if err := unix.Fsetxattr(fd, x.Name, x.Value, 0); err != nil {
+			return fmt.Errorf("xattr %s: %w", x.Name, err)
+		}
+	}
+	return nil
 }
 
 func writeContent(f *os.File, t *tree, rel string, e *entry) error {

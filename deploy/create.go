@@ -111,7 +111,7 @@ func (m *Manager) Create(ctx context.Context, opts CreateOptions) (Deployment, e
 	}
 	defer td.Release()
 	build := td.Path()
-	if err := apply(ctx, plan, filepath.Join(build, dirEtc), applyOptions{fsync: m.fsyncFiles, crash: m.crash}); err != nil {
+	if err := apply(ctx, plan, filepath.Join(build, dirEtc), applyOptions{crash: m.crash}); err != nil {
 		return Deployment{}, fmt.Errorf("deploy: deployment %s: %w", id, err)
 	}
 	m.crashPoint("create.etc")

@@ -113,9 +113,6 @@ type Manager struct {
 	log     *slog.Logger
 
 	crash func(point string) // test hook, called at every crash point
-	// fsyncFiles makes Apply fsync each file instead of relying on one
-	// syncfs (benchmark knob).
-	fsyncFiles bool
 }
 
 // New returns a Manager for the deployments of store. sysroot is the

@@ -107,7 +107,8 @@ type merger struct {
 	actions          []Action
 	conflicts        []Conflict
 	memo             map[memoKey]bool
-	quiet            int // > 0: below a directory already reported as a conflict
+	quiet            int    // > 0: below a directory already reported as a conflict
+	buf              []byte // content comparisons
 }
 
 func (m *merger) plan() Plan {
@@ -138,7 +139,10 @@ func (m *merger) sameUncached(a *tree, ea *entry, b *tree, eb *entry, p string) 
 	}
 	switch ea.typ() {
 	case 0o100000: // regular
-		return sameContent(a, ea, b, eb, p)
+		if m.buf == nil {
+			m.buf = make([]byte, 64<<10)
+		}
+		return sameContent(a, ea, b, eb, p, m.buf)
 	case 0o040000: // directory
 		if len(ea.children) != len(eb.children) {
 			return false, nil

@@ -64,7 +64,7 @@ func (m *Manager) Remerge(ctx context.Context, id, from string) ([]Conflict, err
 	}
 	defer td.Release() // the old etc/ after the exchange
 	built := filepath.Join(td.Path(), dirEtc)
-	if err := apply(ctx, plan, built, applyOptions{fsync: m.fsyncFiles, crash: m.crash}); err != nil {
+	if err := apply(ctx, plan, built, applyOptions{crash: m.crash}); err != nil {
 		return nil, fmt.Errorf("deploy: deployment %s: %w", id, err)
 	}
 	if err := syncfs(built); err != nil {

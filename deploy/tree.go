@@ -313,8 +313,9 @@ func sameMeta(a, b *entry) bool {
 }
 
 // sameContent compares two regular files' content: by digest or inline
-// bytes when both come from images, else by reading both.
-func sameContent(ta *tree, a *entry, tb *tree, b *entry, p string) (bool, error) {
+// bytes when both come from images, else by reading (only the side that
+// is not inline). buf is scratch space of at least 64 KiB.
+func sameContent(ta *tree, a *entry, tb *tree, b *entry, p string, buf []byte) (bool, error) {
 	if a.size != b.size {
 		return false, nil
 	}
@@ -327,18 +328,28 @@ func sameContent(ta *tree, a *entry, tb *tree, b *entry, p string) (bool, error)
 	if a.inline != nil && b.inline != nil {
 		return bytes.Equal(a.inline, b.inline), nil
 	}
-	ra, err := ta.open(p)
-	if err != nil {
-		return false, fmt.Errorf("deploy: %s: %s: %w", ta.name, p, err)
+	if b.inline != nil {
+		ta, a, tb, b = tb, b, ta, a
 	}
-	defer ra.Close()
 	rb, err := tb.open(p)
 	if err != nil {
 		return false, fmt.Errorf("deploy: %s: %s: %w", tb.name, p, err)
 	}
 	defer rb.Close()
-	bufA := make([]byte, 32<<10)
-	bufB := make([]byte, 32<<10)
+	half := len(buf) / 2
+	bufA, bufB := buf[:half], buf[half:]
+	if a.inline != nil {
+		n, err := io.ReadFull(rb, bufB[:min(len(bufB), len(a.inline)+1)])
+		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+			return false, fmt.Errorf("deploy: %s: %s: %w", tb.name, p, err)
+		}
+		return bytes.Equal(bufB[:n], a.inline), nil
+	}
+	ra, err := ta.open(p)
+	if err != nil {
+		return false, fmt.Errorf("deploy: %s: %s: %w", ta.name, p, err)
+	}
+	defer ra.Close()
 	for {
 		na, ea := io.ReadFull(ra, bufA)
 		nb, eb := io.ReadFull(rb, bufB)
