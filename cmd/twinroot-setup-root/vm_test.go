@@ -219,6 +219,7 @@ func guestBoot1(t *testing.T) {
 		t.Fatalf("setup-root: exit status %d", r.code)
 	}
 	checkRequire(t, guestSysroot)
+	checkDataDir(t, guestSysroot, fx.arg)
 	checkNewRoot(t, guestSysroot, fx)
 	if err := os.WriteFile(filepath.Join(guestSysroot, "var/persist"), []byte("written in boot 1\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -246,13 +247,39 @@ func guestBoot2(t *testing.T) {
 	}
 	fx := fixture{sysroot: rootmnt, arg: arg, files: imageFiles, etc: deploymentEtc}
 	writeTree(t, "/scripts", map[string][]byte{"functions": []byte("panic() { echo \"initramfs panic: $*\"; exit 1; }\n")})
-	// A failure panics (initramfs-tools then drops to its shell).
+	// Failures panic (initramfs-tools then drops to its shell): a rootmnt
+	// that is not a mount point, and setup-root failing (a command line
+	// naming an image not in the store), after which the physical root is
+	// back.
 	notMounted := t.TempDir()
 	cmd := exec.Command("/bin/sh", "/scripts/local-bottom/twinroot")
 	cmd.Env = []string{"PATH=/bin", "rootmnt=" + notMounted}
 	out, err := cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "initramfs panic: twinroot-setup-root failed") || !strings.Contains(string(out), "is not a mount point") {
+	if err == nil || !strings.Contains(string(out), "initramfs panic: twinroot: "+notMounted+" is not where the root file system is mounted") {
 		t.Errorf("local-bottom/twinroot with rootmnt=%s (not mounted): %v\n%s\nwant a panic naming the cause", notMounted, err, out)
+	}
+	wrong := bootarg.Arg{ID: arg.ID, Image: otherDigest}
+	cf := filepath.Join(t.TempDir(), "cmdline")
+	if err := os.WriteFile(cf, []byte("rw "+wrong.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount(cf, "/proc/cmdline", "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command("/bin/sh", "/scripts/local-bottom/twinroot")
+	cmd.Env = []string{"PATH=/bin", "rootmnt=" + rootmnt}
+	out, err = cmd.CombinedOutput()
+	if err := unix.Unmount("/proc/cmdline", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err == nil || !strings.Contains(string(out), "initramfs panic: twinroot-setup-root failed") || !strings.Contains(string(out), "image "+otherDigest.Hex()) {
+		t.Errorf("local-bottom/twinroot with an unknown digest: %v\n%s\nwant a panic after the error naming the image", err, out)
+	}
+	if fstype, _ := mountInfo(t, rootmnt); fstype != "ext4" {
+		t.Errorf("after the failure %s is %s, want the physical root put back (ext4)", rootmnt, fstype)
+	}
+	if ms := mountsUnder(t, guestSysroot); len(ms) != 0 {
+		t.Errorf("the failed script left %v mounted", ms)
 	}
 	cmd = exec.Command("/bin/sh", "/scripts/local-bottom/twinroot")
 	cmd.Env = []string{"PATH=/bin", "rootmnt=" + rootmnt}
@@ -261,6 +288,10 @@ func guestBoot2(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the initramfs-tools script failed: %v", err)
 	}
+	if ms := mountsUnder(t, guestSysroot); len(ms) != 0 {
+		t.Errorf("the script left %v mounted in the initramfs", ms)
+	}
+	checkDataDir(t, rootmnt, arg)
 	r := runResult{output: string(out)}
 	if strings.Contains(r.output, "created the persistent /var") {
 		t.Errorf("boot 2 created /var again")
@@ -307,6 +338,18 @@ func guestBoot2(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(rootmnt, "usr/bin/hello")); err != nil || !bytes.Equal(got, imageFiles["usr/bin/hello"]) {
 		t.Errorf("an intact file after the tampering: %d bytes, %v", len(got), err)
+	}
+}
+
+// checkDataDir checks that the overlay at dir records its data-only layer
+// as /sysroot/twinroot/images/<digest>, the path the booted system finds
+// the image directory at (objstore's in-use check and the updater read it).
+func checkDataDir(t *testing.T, dir string, arg bootarg.Arg) {
+	t.Helper()
+	_, opts := mountInfo(t, dir)
+	want := filepath.Join(guestSysroot, storeDir, imagesDir, arg.Image.Hex())
+	if !slices.ContainsFunc(opts, func(o string) bool { return o == "datadir+="+want || strings.HasSuffix(o, "::"+want) }) {
+		t.Errorf("the overlay at %s has options %v, none naming the data-only layer %s", dir, opts, want)
 	}
 }
 
