@@ -30,6 +30,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if esp := os.Getenv(envBlessESP); esp != "" {
+		os.Exit(blessMain(esp, os.Getenv(envBlessEFIVars)))
+	}
 	if dir := os.Getenv(envCrashChild); dir != "" {
 		if err := crashChild(dir); err != nil {
 			fmt.Println("error:", err)
