@@ -127,5 +127,5 @@ func setup(ctx context.Context, log *slog.Logger, cmdlineFile, configFile string
 	}
 	log.Info("starting", "version", version, "deployment", arg.ID, "image", arg.Image.Hex(),
 		"sysroot", p.Sysroot, "target", p.Target, "policy", policy.String())
-	return setupRoot(ctx, p, arg, policy, log)
+	return setupRoot(ctx, kernel{}, p, arg, policy, log)
 }

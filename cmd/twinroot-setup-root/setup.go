@@ -96,7 +96,7 @@ var mountPoints = [...]string{"etc", "var", "sysroot"}
 // directory has changed, and on any error every mount made so far is
 // undone in reverse order. In step 3 a failed move puts the physical
 // root back at p.Sysroot.
-func setupRoot(ctx context.Context, p Paths, arg bootarg.Arg, policy Policy, log *slog.Logger) (err error) {
+func setupRoot(ctx context.Context, sys mounter, p Paths, arg bootarg.Arg, policy Policy, log *slog.Logger) (err error) {
 	start := time.Now()
 	lap := start
 	// Step times go into one summary line (each is also a debug line):
@@ -158,11 +158,11 @@ func setupRoot(ctx context.Context, p Paths, arg bootarg.Arg, policy Policy, log
 		return fmt.Errorf("%w: staging directory: %w", ErrMount, err)
 	}
 	undo.push("remove "+stage, func() error { return os.Remove(stage) })
-	if err := unix.Mount("tmpfs", stage, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64k"); err != nil {
+	if err := sys.Mount("tmpfs", stage, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700,size=64k"); err != nil {
 		return fmt.Errorf("%w: tmpfs on %s: %w", ErrMount, stage, err)
 	}
-	undo.push("unmount "+stage, func() error { return unix.Unmount(stage, unix.MNT_DETACH) })
-	if err := unix.Mount("", stage, "", unix.MS_PRIVATE, ""); err != nil {
+	undo.push("unmount "+stage, func() error { return sys.Unmount(stage, unix.MNT_DETACH) })
+	if err := sys.Mount("", stage, "", unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("%w: making %s private: %w", ErrMount, stage, err)
 	}
 	root := filepath.Join(stage, "root")
@@ -172,23 +172,23 @@ func setupRoot(ctx context.Context, p Paths, arg bootarg.Arg, policy Policy, log
 			return fmt.Errorf("%w: %w", ErrMount, err)
 		}
 	}
-	// erofs.Mount attaches the EROFS layer to a temp directory for a
-	// moment on kernels before 6.15: keep that inside the private tmpfs.
-	if err := os.Setenv("TMPDIR", tmp); err != nil {
-		return err
-	}
 	step("stage", "dir", stage)
 
 	// The image is mounted through the descriptor that was measured, so
-	// the file checked is the file mounted.
+	// the file checked is the file mounted. erofs.Mount attaches the EROFS
+	// layer to a temp directory for a moment on kernels before 6.15:
+	// TMPDIR keeps that inside the private tmpfs.
 	img := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
-	if err := erofs.Mount(ctx, img, l.imageDir, root, erofs.MountOptions{Verity: mode, Logger: log}); err != nil {
+	err = withTMPDIR(tmp, func() error {
+		return sys.MountImage(ctx, img, l.imageDir, root, erofs.MountOptions{Verity: mode, Logger: log})
+	})
+	if err != nil {
 		return fmt.Errorf("%w: composefs image %s: %w", ErrMount, l.image, err)
 	}
-	undo.push("unmount "+root, func() error { return unix.Unmount(root, unix.MNT_DETACH) })
+	undo.push("unmount "+root, func() error { return sys.Unmount(root, unix.MNT_DETACH) })
 	step("mount", "verity", mode.String())
 
-	if err := bind(l.etc, filepath.Join(root, "etc"), 0, &undo); err != nil {
+	if err := bind(sys, l.etc, filepath.Join(root, "etc"), 0, &undo); err != nil {
 		return err
 	}
 	step("bind-etc", "from", l.etc)
@@ -197,36 +197,36 @@ func setupRoot(ctx context.Context, p Paths, arg bootarg.Arg, policy Policy, log
 	} else if !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("%w: persistent /var: %w", ErrLayout, err)
 	}
-	if err := bind(l.varDir, filepath.Join(root, "var"), 0, &undo); err != nil {
+	if err := bind(sys, l.varDir, filepath.Join(root, "var"), 0, &undo); err != nil {
 		return err
 	}
 	step("bind-var", "from", l.varDir)
 	inner := filepath.Join(root, "sysroot")
-	if err := bind(p.Sysroot, inner, unix.MS_REC, &undo); err != nil {
+	if err := bind(sys, p.Sysroot, inner, unix.MS_REC, &undo); err != nil {
 		return err
 	}
 	step("bind-sysroot")
 
 	// 3. Put the new root in place.
 	if replace {
-		if err := unix.Unmount(p.Sysroot, unix.MNT_DETACH); err != nil {
+		if err := sys.Unmount(p.Sysroot, unix.MNT_DETACH); err != nil {
 			return fmt.Errorf("%w: detaching the physical root from %s: %w", ErrMount, p.Sysroot, err)
 		}
-		if err := unix.Mount(root, p.Target, "", unix.MS_MOVE, ""); err != nil {
+		if err := sys.Mount(root, p.Target, "", unix.MS_MOVE, ""); err != nil {
 			// Put the physical root back where it was (the recursive
 			// bind holds the same mounts), then undo the rest.
-			if rerr := unix.Mount(inner, p.Sysroot, "", unix.MS_MOVE, ""); rerr != nil {
+			if rerr := sys.Mount(inner, p.Sysroot, "", unix.MS_MOVE, ""); rerr != nil {
 				log.Error("could not put the physical root back", "dir", p.Sysroot, "err", rerr)
 			} else {
 				undo.drop() // the inner bind has moved back to p.Sysroot
 			}
 			return fmt.Errorf("%w: moving the new root to %s: %w", ErrMount, p.Target, err)
 		}
-	} else if err := unix.Mount(root, p.Target, "", unix.MS_MOVE, ""); err != nil {
+	} else if err := sys.Mount(root, p.Target, "", unix.MS_MOVE, ""); err != nil {
 		return fmt.Errorf("%w: moving the new root to %s: %w", ErrMount, p.Target, err)
 	}
 	// Nothing under the staging tmpfs is mounted any more.
-	if err := unix.Unmount(stage, 0); err != nil {
+	if err := sys.Unmount(stage, 0); err != nil {
 		log.Warn("unmounting the staging tmpfs", "dir", stage, "err", err)
 	} else if err := os.Remove(stage); err != nil {
 		log.Warn("removing the staging directory", "dir", stage, "err", err)
@@ -293,12 +293,35 @@ func checkMountPoints(f *os.File, name string) error {
 }
 
 // bind bind-mounts src on dst (flags may add MS_REC) and pushes its undo.
-func bind(src, dst string, flags uintptr, undo *undoStack) error {
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|flags, ""); err != nil {
+func bind(sys mounter, src, dst string, flags uintptr, undo *undoStack) error {
+	if err := sys.Mount(src, dst, "", unix.MS_BIND|flags, ""); err != nil {
 		return fmt.Errorf("%w: bind %s on %s: %w", ErrMount, src, dst, err)
 	}
-	undo.push("unmount "+dst, func() error { return unix.Unmount(dst, unix.MNT_DETACH) })
+	undo.push("unmount "+dst, func() error { return sys.Unmount(dst, unix.MNT_DETACH) })
 	return nil
+}
+
+// mounter is the mounting setupRoot does, so that tests can make each
+// call fail in turn and check what is left behind.
+type mounter interface {
+	Mount(source, target, fstype string, flags uintptr, data string) error
+	Unmount(target string, flags int) error
+	MountImage(ctx context.Context, image, objects, target string, opts erofs.MountOptions) error
+}
+
+// kernel is the mounter of the running kernel.
+type kernel struct{}
+
+var _ mounter = kernel{}
+
+func (kernel) Mount(source, target, fstype string, flags uintptr, data string) error {
+	return unix.Mount(source, target, fstype, flags, data)
+}
+
+func (kernel) Unmount(target string, flags int) error { return unix.Unmount(target, flags) }
+
+func (kernel) MountImage(ctx context.Context, image, objects, target string, opts erofs.MountOptions) error {
+	return erofs.Mount(ctx, image, objects, target, opts)
 }
 
 // isMountPoint reports whether dir is the root of a mount.
@@ -311,6 +334,22 @@ func isMountPoint(dir string) (bool, error) {
 		return false, fmt.Errorf("statx %s: the kernel does not report mount roots", dir)
 	}
 	return st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0, nil
+}
+
+// withTMPDIR runs fn with $TMPDIR set to dir, then restores it.
+func withTMPDIR(dir string, fn func() error) error {
+	old, had := os.LookupEnv("TMPDIR")
+	if err := os.Setenv("TMPDIR", dir); err != nil {
+		return err
+	}
+	defer func() {
+		if had {
+			os.Setenv("TMPDIR", old)
+		} else {
+			os.Unsetenv("TMPDIR")
+		}
+	}()
+	return fn()
 }
 
 // sameFile reports whether a and b name the same directory.
