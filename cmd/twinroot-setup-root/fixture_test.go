@@ -74,10 +74,16 @@ func makeFixture(t *testing.T, sysroot string) fixture {
 // makeFixtureOf is makeFixture with an image made of files.
 func makeFixtureOf(t *testing.T, sysroot string, files map[string][]byte) fixture {
 	t.Helper()
+	return makeFixtureAlg(t, sysroot, files, verity.SHA256)
+}
+
+// makeFixtureAlg is makeFixtureOf with a store using digest algorithm alg.
+func makeFixtureAlg(t *testing.T, sysroot string, files map[string][]byte, alg verity.Algorithm) fixture {
+	t.Helper()
 	ctx := context.Background()
 	src := t.TempDir()
 	writeTree(t, src, files)
-	s, err := objstore.Open(ctx, filepath.Join(sysroot, storeDir), objstore.Options{Create: true})
+	s, err := objstore.Open(ctx, filepath.Join(sysroot, storeDir), objstore.Options{Create: true, Algorithm: alg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,6 +119,9 @@ func setupRoot(ctx context.Context, sys mounter, p Paths, arg bootarg.Arg, polic
 			return fmt.Errorf("%w: %s is not a mount point: the physical root must be mounted there", ErrLayout, p.Sysroot)
 		}
 	}
+	if fi, err := os.Stat(p.Target); err != nil || !fi.IsDir() {
+		return fmt.Errorf("%w: target %s is not a directory (%v)", ErrLayout, p.Target, err)
+	}
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(p.Sysroot, &sfs); err != nil {
 		return fmt.Errorf("%w: %w", ErrLayout, &os.PathError{Op: "statfs", Path: p.Sysroot, Err: err})

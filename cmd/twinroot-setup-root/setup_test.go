@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/twinroot/twinroot/verity"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -239,6 +241,43 @@ func TestSetupRootHost(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(fx.sysroot, "etc/x"), nil, 0o644); err == nil {
 			t.Errorf("/etc is writable on a read-only physical root")
 		}
+	})
+	t.Run("sha512-store", func(t *testing.T) {
+		// A store with SHA-512 digests (composefs-rs and bootc's choice):
+		// 128 hex digits on the command line, the same checks.
+		if os.Geteuid() != 0 {
+			t.Skip("needs root")
+		}
+		bin := setupRootBinary(t)
+		base := t.TempDir()
+		t.Cleanup(func() { unmountAll(t, base) })
+		sysroot, runDir := filepath.Join(base, "sysroot"), filepath.Join(base, "run")
+		for _, d := range []string{sysroot, runDir} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := unix.Mount("tmpfs", sysroot, "tmpfs", 0, "mode=0755"); err != nil {
+			t.Fatal(err)
+		}
+		fx := makeFixtureAlg(t, sysroot, imageFiles, verity.SHA512)
+		if len(fx.arg.Image.Hex()) != 128 {
+			t.Fatalf("digest %s is not SHA-512", fx.arg.Image)
+		}
+		r := runBinary(t, bin, fx.cmdline("twinroot.verity=if-supported"), "--sysroot", fx.sysroot, "--run-dir", runDir)
+		if r.code != 0 {
+			t.Fatalf("exit status %d, want 0", r.code)
+		}
+		checkNewRoot(t, fx.sysroot, fx)
+	})
+	t.Run("missing-target", func(t *testing.T) {
+		fx, runDir, bin := hostEnv(t)
+		target := filepath.Join(filepath.Dir(runDir), "nosuch")
+		r := runBinary(t, bin, fx.cmdline("twinroot.verity=if-supported"), "--sysroot", fx.sysroot, "--target", target, "--run-dir", runDir)
+		if r.code != 1 || !strings.Contains(r.output, "target "+target+" is not a directory") {
+			t.Errorf("exit %d; want 1 naming the missing target", r.code)
+		}
+		assertUntouched(t, fx, runDir)
 	})
 	t.Run("other-target", func(t *testing.T) {
 		fx, runDir, bin := hostEnv(t)
