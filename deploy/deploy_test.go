@@ -315,3 +315,63 @@ func TestParseOSRelease(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentCreate: Creates and Removes at the same time (the lock
+// file serialises them, also between goroutines) give distinct, complete
+// deployments.
+func TestConcurrentCreate(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	img := e.image(nil)
+	first := e.create(CreateOptions{Image: img})
+	errs := make(chan error, 8)
+	ids := make(chan string, 8)
+	for range 6 {
+		go func() {
+			d, err := e.m.Create(ctx, CreateOptions{Image: img, MergeFrom: first.ID})
+			ids <- d.ID
+			errs <- err
+		}()
+	}
+	seen := map[string]bool{}
+	for range 6 {
+		must(t, <-errs)
+		id := <-ids
+		if seen[id] {
+			t.Fatalf("id %s twice", id)
+		}
+		seen[id] = true
+	}
+	list, err := e.m.List(ctx)
+	must(t, err)
+	if len(list) != 7 {
+		t.Fatalf("%d deployments", len(list))
+	}
+	for _, d := range list[1:] {
+		go func() { errs <- e.m.Remove(ctx, d.ID) }()
+	}
+	for range 6 {
+		must(t, <-errs)
+	}
+	e.checkClean("after concurrent creates and removes")
+}
+
+// TestRecordJSON: deployment.json uses the field names of the contract
+// the updater reads.
+func TestRecordJSON(t *testing.T) {
+	e := newEnv(t)
+	img := e.image(nil)
+	d := e.create(CreateOptions{Image: img, Origin: Origin{Ref: "oci:/x:1", Manifest: "sha256:ab"}, Kargs: []string{"quiet"}})
+	b, err := os.ReadFile(filepath.Join(e.m.dir(d.ID), fileRecord))
+	must(t, err)
+	for _, k := range []string{`"id"`, `"image": "sha256:`, `"origin"`, `"ref": "oci:/x:1"`, `"manifest"`, `"osRelease"`, `"kargs"`, `"created"`} {
+		if !strings.Contains(string(b), k) {
+			t.Errorf("deployment.json lacks %s:\n%s", k, b)
+		}
+	}
+	for _, k := range []string{`"mergedFrom"`, `"conflicts"`, `"pinned"`, `"config"`} {
+		if strings.Contains(string(b), k) {
+			t.Errorf("deployment.json has an empty %s", k)
+		}
+	}
+}

@@ -4,6 +4,10 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
+	"sync"
+
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 )
 
 // Source says which tree a path of the merged /etc is copied from.
@@ -91,6 +95,9 @@ func Merge(base, newImage fs.FS, local string) (Plan, error) {
 		return Plan{}, err
 	}
 	m.base, m.local = bt, lt
+	if err := m.compareFiles(); err != nil {
+		return Plan{}, err
+	}
 	if err := m.dir("."); err != nil {
 		return Plan{}, err
 	}
@@ -107,8 +114,47 @@ type merger struct {
 	actions          []Action
 	conflicts        []Conflict
 	memo             map[memoKey]bool
-	quiet            int    // > 0: below a directory already reported as a conflict
-	buf              []byte // content comparisons
+	quiet            int             // > 0: below a directory already reported as a conflict
+	buf              []byte          // content comparisons
+	content          map[string]bool // local vs base content of regular files, from compareFiles
+}
+
+// compareWorkers bounds the content comparisons compareFiles runs at once.
+const compareWorkers = 4
+
+// compareFiles compares, on a few workers, the content of every regular
+// file that local and base both have with the same metadata and size:
+// the comparisons the planner needs most, and the ones that read files.
+func (m *merger) compareFiles() error {
+	var paths []string
+	for p, l := range m.local.entries {
+		if l.typ() != unix.S_IFREG || l.size == 0 {
+			continue
+		}
+		if b := m.base.get(p); b != nil && b.size == l.size && sameMeta(l, b) {
+			paths = append(paths, p)
+		}
+	}
+	m.content = make(map[string]bool, len(paths))
+	var mu sync.Mutex
+	bufs := sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+	g := new(errgroup.Group)
+	g.SetLimit(compareWorkers)
+	for _, p := range paths {
+		g.Go(func() error {
+			buf := bufs.Get().(*[]byte)
+			defer bufs.Put(buf)
+			same, err := sameContent(m.local, m.local.get(p), m.base, m.base.get(p), p, *buf)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			m.content[p] = same
+			mu.Unlock()
+			return nil
+		})
+	}
+	return g.Wait()
 }
 
 func (m *merger) plan() Plan {
@@ -139,6 +185,11 @@ func (m *merger) sameUncached(a *tree, ea *entry, b *tree, eb *entry, p string) 
 	}
 	switch ea.typ() {
 	case 0o100000: // regular
+		if a == m.local && b == m.base {
+			if v, ok := m.content[p]; ok {
+				return v, nil
+			}
+		}
 		if m.buf == nil {
 			m.buf = make([]byte, 64<<10)
 		}
