@@ -486,18 +486,30 @@ func (o *options) checkTrust(ctx context.Context, img *image) (trust.Verdict, er
 	if img.transport == trust.TransportDocker && slices.Contains(o.insecure, host) {
 		sys.DockerInsecureSkipTLSVerify = types.OptionalBoolTrue
 	}
-	if img.transport == trust.TransportDocker && len(o.authFiles) > 0 {
-		// c/image reads one auth file; hand it what --authfile found.
-		if a, err := credentials(sys, o.authFiles, strings.SplitN(img.policyRef, ":", 2)[0]); err == nil && a != authn.Anonymous {
-			if cfg, err := a.Authorization(); err == nil {
-				sys.DockerAuthConfig = &types.DockerAuthConfig{Username: cfg.Username, Password: cfg.Password, IdentityToken: cfg.IdentityToken}
-			}
+	// c/image finds what containers-auth.json and the credential helpers
+	// hold by itself; hand it what only sync knows (--authfile,
+	// /etc/containers/auth.json), when it reads signatures.
+	creds := func() (*types.DockerAuthConfig, error) {
+		repo := img.policyRef
+		if i := strings.IndexByte(repo, '@'); i >= 0 {
+			repo = repo[:i]
+		} else if i := strings.LastIndexByte(repo, ':'); i > strings.LastIndexByte(repo, '/') {
+			repo = repo[:i]
 		}
+		a, own, err := credentialsFrom(sys, o.authFiles, repo)
+		if err != nil || !own || a == authn.Anonymous {
+			return nil, err
+		}
+		cfg, err := a.Authorization()
+		if err != nil {
+			return nil, err
+		}
+		return &types.DockerAuthConfig{Username: cfg.Username, Password: cfg.Password, IdentityToken: cfg.IdentityToken}, nil
 	}
 	v, err := trust.Check(ctx, trust.Image{
 		Transport: img.transport, Reference: img.policyRef,
 		Digest: img.topDigest.String(), Manifest: img.top, MediaType: string(img.topMediaType),
-	}, trust.Options{PolicyPath: o.policy, RegistriesDir: o.registriesD, Enforce: o.enforce, System: sys})
+	}, trust.Options{PolicyPath: o.policy, RegistriesDir: o.registriesD, Enforce: o.enforce, System: sys, Credentials: creds})
 	if err != nil {
 		return v, err
 	}

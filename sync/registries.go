@@ -187,6 +187,22 @@ func endpointsFor(sys *types.SystemContext, ref reference.Named) ([]endpoint, er
 // credHelpers and credsStore), and last /etc/containers/auth.json.
 // Nothing found is anonymous access.
 func credentials(sys *types.SystemContext, authFiles []string, repo string) (authn.Authenticator, error) {
+	a, _, err := credentialsFrom(sys, authFiles, repo)
+	return a, err
+}
+
+// credentialsFrom is credentials, also telling whether c/image finds them
+// by itself from sys (own is false) or only sync knows them (--authfile,
+// /etc/containers/auth.json).
+func credentialsFrom(sys *types.SystemContext, authFiles []string, repo string) (a authn.Authenticator, own bool, err error) {
+	a, own, err = findCredentials(sys, authFiles, repo)
+	if a == nil && err == nil {
+		a = authn.Anonymous
+	}
+	return a, own, err
+}
+
+func findCredentials(sys *types.SystemContext, authFiles []string, repo string) (authn.Authenticator, bool, error) {
 	try := func(s *types.SystemContext) (authn.Authenticator, error) {
 		c, err := config.GetCredentials(s, repo)
 		if err != nil {
@@ -206,21 +222,21 @@ func credentials(sys *types.SystemContext, authFiles []string, repo string) (aut
 	}
 	for _, f := range authFiles {
 		if _, err := os.Stat(f); err != nil {
-			return nil, fmt.Errorf("auth file %s: %w", f, err)
+			return nil, true, fmt.Errorf("auth file %s: %w", f, err)
 		}
 		if a, err := try(fileOnly(f)); a != nil || err != nil {
-			return a, err
+			return a, true, err
 		}
 	}
 	if a, err := try(sys); a != nil || err != nil {
-		return a, err
+		return a, false, err
 	}
 	if _, err := os.Stat(systemAuthFile); err == nil {
 		if a, err := try(fileOnly(systemAuthFile)); a != nil || err != nil {
-			return a, err
+			return a, true, err
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
+		return nil, true, err
 	}
-	return authn.Anonymous, nil
+	return nil, false, nil
 }

@@ -4,8 +4,10 @@ package sync
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -388,4 +390,49 @@ func TestLocalLayoutPolicy(t *testing.T) {
 	cmd.Env = append(os.Environ(), "GNUPGHOME="+key.home)
 	out, err := cmd.CombinedOutput()
 	t.Logf("skopeo copy --sign-by into oci: %v %s", err, strings.TrimSpace(string(out)))
+}
+
+// TestSignedPullAuthFile: the policy engine reads the manifest from a
+// registry that needs credentials which only --authfile holds; sync hands
+// them over, so the verified pull passes, and without them it fails.
+func TestSignedPullAuthFile(t *testing.T) {
+	ctx := context.Background()
+	host := memRegistry(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if u, p, ok := r.BasicAuth(); !(ok && u == "alice" && p == "s3cret") {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				http.Error(w, "unauthorized", http.StatusUnauthorized)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	dir := t.TempDir()
+	r := &signedRegistry{dockerRegistry: &dockerRegistry{host: host}, lookaside: filepath.Join(dir, "lookaside"), regD: filepath.Join(dir, "registries.d"), regConf: filepath.Join(dir, "registries.conf")}
+	os.MkdirAll(r.regD, 0o755)
+	os.WriteFile(filepath.Join(r.regD, "test.yaml"), []byte(fmt.Sprintf("docker:\n  %s:\n    lookaside: file://%s\n    lookaside-staging: file://%s\n", host, r.lookaside, r.lookaside)), 0o644)
+	os.WriteFile(r.regConf, []byte(fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", host)), 0o644)
+	key := newGPGKey(t, "auth")
+	lay := filepath.Join(t.TempDir(), "oci")
+	writeLayout(t, lay, "v1", imageOf(t, nil, layerOf(t, tarBytes(t, reg("etc/os-release", 0o644, []byte(strings.Repeat("ID=auth\n", 20)))), "gzip")))
+	r.copyImage(t, key.home, "--dest-creds", "alice:s3cret", "--sign-by", key.fpr, "oci:"+lay+":v1", "docker://"+host+"/os/auth:v1")
+	authFile := filepath.Join(dir, "auth.json")
+	os.WriteFile(authFile, []byte(fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, host, base64.StdEncoding.EncodeToString([]byte("alice:s3cret")))), 0o600)
+	policy := writePolicy(t, fmt.Sprintf(`{"default": [{"type": "reject"}], "transports": {"docker": {%q: [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": %q}]}}}`, host, key.pub))
+	empty := filepath.Join(dir, "empty.json")
+	os.WriteFile(empty, []byte(`{"auths":{}}`), 0o600)
+	env := func(k string) string {
+		if k == "REGISTRY_AUTH_FILE" {
+			return empty
+		}
+		return ""
+	}
+	opts := append(testOpts(WithRegistriesConf(r.regConf), WithPolicy(policy), WithRegistriesD(r.regD)), WithEnv(env))
+	res, err := Pull(ctx, newStore(t), host+"/os/auth:v1", append(opts, WithAuthFiles(authFile))...)
+	if err != nil || !res.Trust.Verified {
+		t.Fatalf("verified pull with --authfile: %+v %v", res.Trust, err)
+	}
+	if _, err := Pull(ctx, newStore(t), host+"/os/auth:v1", opts...); err == nil {
+		t.Error("pull without credentials succeeded")
+	}
 }

@@ -141,6 +141,15 @@ func unparsedImage(ctx context.Context, ref types.ImageReference, img Image, opt
 	if opts.System != nil {
 		sys = *opts.System
 	}
+	if opts.Credentials != nil {
+		c, err := opts.Credentials()
+		if err != nil {
+			return nil, nil, err
+		}
+		if c != nil {
+			sys.DockerAuthConfig = c
+		}
+	}
 	sys.RegistriesDirPath = opts.RegistriesDir
 	if sys.RegistriesDirPath == "" {
 		sys.RegistriesDirPath = DefaultRegistriesDir

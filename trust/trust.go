@@ -89,6 +89,10 @@ type Options struct {
 	// System carries registry settings for docker sources: registries.conf
 	// paths, TLS, credentials, user agent. It is copied, never modified.
 	System *types.SystemContext
+	// Credentials, when set, is asked for credentials c/image would not
+	// find through System by itself, only when signatures are read from a
+	// registry; nil credentials leave c/image's own lookup.
+	Credentials func() (*types.DockerAuthConfig, error)
 }
 
 // Verdict records how an accepted image was judged, for provenance and

@@ -43,13 +43,17 @@ func TestCompareVersions(t *testing.T) {
 }
 
 func FuzzCompareVersions(f *testing.F) {
-	f.Add("1.0~rc1", "1.0^git")
-	f.Fuzz(func(t *testing.T, a, b string) {
+	f.Add("1.0~rc1", "1.0^git", "1.0.1")
+	f.Add("1.0a", "1.0", "1.0~")
+	f.Fuzz(func(t *testing.T, a, b, c string) {
 		if CompareVersions(a, b) != -CompareVersions(b, a) {
 			t.Fatalf("not antisymmetric: %q %q", a, b)
 		}
 		if CompareVersions(a, a) != 0 {
 			t.Fatalf("not reflexive: %q", a)
+		}
+		if CompareVersions(a, b) <= 0 && CompareVersions(b, c) <= 0 && CompareVersions(a, c) > 0 {
+			t.Fatalf("not transitive: %q <= %q <= %q but %q > %q", a, b, c, a, c)
 		}
 	})
 }

@@ -39,10 +39,13 @@ as images/<digest>/image.cfs plus its object links, exactly as 'store import' do
 REF is a registry reference (registry/repo:tag, registry/repo@sha256:..., optionally
 prefixed docker://), an OCI layout directory (oci:DIR[:tag]) or an OCI archive
 (oci-archive:FILE[:tag]). Image indexes resolve to this machine's platform unless
---platform says otherwise. Credentials come from --authfile, $REGISTRY_AUTH_FILE,
-/run/containers/0/auth.json, /etc/containers/auth.json and docker's config; mirrors and
-insecure registries from registries.conf ($CONTAINERS_REGISTRIES_CONF or
-/etc/containers/registries.conf).
+--platform says otherwise. registries.conf ($CONTAINERS_REGISTRIES_CONF or
+/etc/containers/registries.conf, with its registries.conf.d drop-ins) is read as podman
+reads it: mirrors, insecure and blocked registries, wildcard prefixes, short-name aliases
+and unqualified-search-registries. Credentials come from --authfile, then the
+credential-helpers it names (by default containers-auth.json: $REGISTRY_AUTH_FILE,
+/run/containers/0/auth.json, docker's config with credHelpers), then
+/etc/containers/auth.json.
 
 Before anything is fetched into the store, the signature policy (containers-policy.json,
 --policy) is evaluated for the manifest the reference resolved to, as podman and skopeo do:
