@@ -176,3 +176,14 @@ func (l *localImage) Manifest(context.Context) ([]byte, string, error) {
 	return l.manifest, l.mediaType, nil
 }
 func (l *localImage) Signatures(context.Context) ([][]byte, error) { return nil, nil }
+
+// verifying reports whether a requirement type checks signatures of the
+// whole image (what c/image's RequireSignatureVerification counts).
+func verifying(types []string) bool {
+	for _, t := range types {
+		if t == "signedBy" || t == "sigstoreSigned" {
+			return true
+		}
+	}
+	return false
+}

@@ -157,17 +157,6 @@ func requirementTypes[T any](reqs []T) ([]string, error) {
 	return out, nil
 }
 
-// verifying reports whether a requirement type checks signatures of the
-// whole image (what c/image's RequireSignatureVerification counts).
-func verifying(types []string) bool {
-	for _, t := range types {
-		if t == "signedBy" || t == "sigstoreSigned" {
-			return true
-		}
-	}
-	return false
-}
-
 // onlyAcceptAnything reports whether every requirement is
 // insecureAcceptAnything.
 func onlyAcceptAnything(types []string) bool {
