@@ -246,7 +246,8 @@ func guestBoot2(t *testing.T) {
 		t.Fatalf("/proc/cmdline %q lacks %s (%v)", k, arg, err)
 	}
 	fx := fixture{sysroot: rootmnt, arg: arg, files: imageFiles, etc: deploymentEtc}
-	writeTree(t, "/scripts", map[string][]byte{"functions": []byte("panic() { echo \"initramfs panic: $*\"; exit 1; }\n")})
+	// Like initramfs-tools' panic, it returns (there, when the emergency shell exits).
+	writeTree(t, "/scripts", map[string][]byte{"functions": []byte("panic() { echo \"initramfs panic: $*\"; }\n")})
 	// Failures panic (initramfs-tools then drops to its shell): a rootmnt
 	// that is not a mount point, and setup-root failing (a command line
 	// naming an image not in the store), after which the physical root is
