@@ -39,7 +39,9 @@ type CreateOptions struct {
 //
 // When the persistent /var (<sysroot>/var) is missing or empty, Create
 // then seeds it from the image's /var (see SeedVar); an existing /var is
-// never touched. Takes deploy.lock.
+// never touched. An error there (or in the last fsync of deployments/) is
+// returned together with the deployment, which then exists. Takes
+// deploy.lock.
 func (m *Manager) Create(ctx context.Context, opts CreateOptions) (Deployment, error) {
 	if opts.Image.IsZero() {
 		return Deployment{}, fmt.Errorf("deploy: create: no image")

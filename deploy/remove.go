@@ -199,33 +199,29 @@ func (m *Manager) GC(ctx context.Context) (GCResult, error) {
 
 // etcMounted reports whether the mount table shows deployment id's etc/
 // mounted (as deployments/<id>/etc, or as removed/<removedName>/etc when
-// that is given), on the store's filesystem.
+// that is given). Any filesystem counts: st_dev and mountinfo's device
+// differ on btrfs subvolumes, and a false match only keeps a deployment.
 func (m *Manager) etcMounted(id, removedName string) bool {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return false
 	}
-	var st unix.Stat_t
-	if unix.Stat(m.store.Root(), &st) != nil {
-		return false
-	}
-	majmin := strconv.FormatUint(uint64(unix.Major(st.Dev)), 10) + ":" + strconv.FormatUint(uint64(unix.Minor(st.Dev)), 10)
 	suffixes := []string{"/" + dirDeployments + "/" + id + "/" + dirEtc}
 	if removedName != "" {
 		suffixes = append(suffixes, "/"+dirRemoved+"/"+removedName+"/"+dirEtc)
 	}
-	return mountsUnder(b, majmin, suffixes)
+	return mountsUnder(b, suffixes)
 }
 
-// mountsUnder reports whether a mountinfo table has a mount of the
-// filesystem majmin whose root (the path inside that filesystem, field 4)
-// is one of the directories named by suffixes or below one.
-func mountsUnder(table []byte, majmin string, suffixes []string) bool {
+// mountsUnder reports whether a mountinfo table has a mount whose root
+// (the path inside its filesystem, field 4) is one of the directories
+// named by suffixes or below one.
+func mountsUnder(table []byte, suffixes []string) bool {
 	sc := bufio.NewScanner(bytes.NewReader(table))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 5 || f[2] != majmin {
+		if len(f) < 5 {
 			continue
 		}
 		root := unescapeMountinfo(f[3])
