@@ -29,7 +29,9 @@
 // images/<digest>/.lock (MountImage), and an image mounted by a process
 // that has exited is recognised in /proc/self/mountinfo, where overlayfs
 // records the image directory as its data-only layer; gc.lock as described
-// above; finishers of one removal take turns on a flock of its directory.
+// above; finishers of one removal take turns on a flock of its directory;
+// roots.lock, shared by AddRoot and exclusive in Remove, so that a GC root
+// (roots/<name>, see AddRoot) never names an image under removal.
 //
 // Removal renames images/<digest> into removed/, then deletes the image's
 // links, then each object whose link count fell to 1, then the rest of the
