@@ -22,9 +22,9 @@ DEMO_DEB_PACKAGES := attr curl docker-registry erofs-utils file fsverity skopeo 
 # Debian packages the tests and benchmarks need.
 DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf mtools dosfstools fdisk \
 	systemd-boot-efi busybox-static e2fsprogs cpio kmod attr acl util-linux \
-	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3 xfsprogs btrfs-progs gnupg
+	hyperfine time debootstrap gzip zstd file xz-utils debian-archive-keyring tar curl python3 xfsprogs btrfs-progs gnupg systemd
 
-.PHONY: all deps deps-demo deps-test tools build test vet lint gotest scripttest bench demo e2e clean
+.PHONY: all deps deps-demo deps-test tools build install test vet lint gotest scripttest bench demo e2e clean
 
 all: build
 
@@ -64,8 +64,15 @@ tools:
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/updatectl ./cmd/updatectl
+	ln -f bin/updatectl bin/twinroot
+	bin/updatectl __docs bin
 	$(GO) build -trimpath -ldflags '$(LDFLAGS) -extldflags -static' -o bin/twinroot-setup-root ./cmd/twinroot-setup-root
 	@file bin/twinroot-setup-root 2>/dev/null | grep -q 'statically linked' || { echo "twinroot-setup-root is not static"; exit 1; }
+
+# install: PREFIX (default /usr/local) and DESTDIR honoured; see dist/install.sh
+# for the updatectl name clash with systemd >= 257.
+install: build
+	PREFIX="$(or $(PREFIX),/usr/local)" DESTDIR="$(DESTDIR)" bash dist/install.sh
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -92,7 +92,18 @@ func newRootCmd(a *app) *cobra.Command {
 			if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
 				return &exitError{code: exitUsage, err: fmt.Errorf("--log-level: %w", err)}
 			}
-			a.log = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: lvl}))
+			hopts := &slog.HandlerOptions{Level: lvl}
+			if os.Getenv("JOURNAL_STREAM") != "" {
+				// The journal stamps every line itself: drop time= so
+				// lines read as "level=WARN msg=...".
+				hopts.ReplaceAttr = func(groups []string, at slog.Attr) slog.Attr {
+					if len(groups) == 0 && at.Key == slog.TimeKey {
+						return slog.Attr{}
+					}
+					return at
+				}
+			}
+			a.log = slog.New(slog.NewTextHandler(a.stderr, hopts))
 			return nil
 		},
 	}

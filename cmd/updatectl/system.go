@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -153,9 +154,9 @@ org.twinroot/v1; schema: docs/updatectl.schema.json).`,
 
 func newUpgradeCmd(a *app) *cobra.Command {
 	var (
-		check, downloadOnly, apply, asJSON, allowDowngrade bool
-		kargs                                              []string
-		pf                                                 pullFlags
+		check, downloadOnly, apply, asJSON, allowDowngrade, auto bool
+		kargs                                                    []string
+		pf                                                       pullFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "upgrade",
@@ -175,6 +176,15 @@ available, 77 when the system is up to date.`,
 				return exitFor(err)
 			}
 			ctx := cmd.Context()
+			if auto {
+				// The service: update.auto-apply decides.
+				switch o.Config.Update.AutoApply {
+				case updater.PolicyNone:
+					check = true
+				case updater.PolicyApply:
+					apply = true
+				}
+			}
 			if check {
 				r, err := updater.Check(ctx, o)
 				if err != nil {
@@ -184,12 +194,11 @@ available, 77 when the system is up to date.`,
 					if err := writeJSONLine(a.stdout, r); err != nil {
 						return err
 					}
-				} else if r.Available {
-					fmt.Fprintf(a.stdout, "update available: %s %s\n", r.Image.Image, describe(r.Latest))
 				} else {
-					fmt.Fprintf(a.stdout, "no update: %s %s is booted or staged\n", r.Image.Image, describe(r.Latest))
+					fmt.Fprintln(a.stdout, checkLine(r))
 				}
-				if !r.Available {
+				a.notify("STATUS=" + checkLine(r))
+				if !r.Available && !auto {
 					return &exitError{code: exitNoUpd, err: errors.New("no update available"), silent: true}
 				}
 				return nil
@@ -200,6 +209,7 @@ available, 77 when the system is up to date.`,
 	}
 	f := cmd.Flags()
 	f.BoolVar(&check, "check", false, "only check whether an update is available (exit 0: yes, 77: no)")
+	f.BoolVar(&auto, "auto", false, "do what update.auto-apply in config.toml says (none: check, stage, apply); the service's mode, exit 0 when up to date")
 	f.BoolVar(&downloadOnly, "download-only", false, "pull the image but do not deploy or stage it")
 	f.BoolVar(&allowDowngrade, "allow-downgrade", false, "install an image older than the booted one (never below a signed io.twinroot.min-version floor; rollback returns to an installed deployment)")
 	f.BoolVar(&apply, "apply", false, "reboot right after staging")
@@ -377,6 +387,7 @@ func (a *app) finish(ctx context.Context, res updater.Result, err error, asJSON,
 	if err != nil {
 		return exitFor(err)
 	}
+	a.notify("STATUS=" + res.Message)
 	if asJSON {
 		if err := writeJSONLine(a.stdout, res); err != nil {
 			return err
@@ -407,6 +418,22 @@ func writeJSONIndent(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+func checkLine(r updater.CheckResult) string {
+	if r.Available {
+		return fmt.Sprintf("update available: %s %s", r.Image.Image, describe(r.Latest))
+	}
+	return fmt.Sprintf("no update: %s %s is booted or staged", r.Image.Image, describe(r.Latest))
+}
+
+// notify sends an sd_notify message when systemd runs us (NOTIFY_SOCKET).
+func (a *app) notify(msg string) {
+	if os.Getenv("NOTIFY_SOCKET") != "" {
+		if _, err := daemon.SdNotify(false, msg); err != nil {
+			a.log.Debug("sd_notify", "err", err)
+		}
+	}
 }
 
 // describe is an image in a few words: version and manifest.
@@ -553,6 +580,9 @@ func (a *app) progress(asJSON bool) func(updater.Event) {
 	default:
 		lp := &lineProgress{w: a.stderr}
 		return func(e updater.Event) {
+			if e.Pull == nil || e.Pull.Kind != "layer-progress" {
+				a.notify("STATUS=" + e.Message)
+			}
 			if e.Pull != nil {
 				lp.event(*e.Pull)
 				return
