@@ -15,8 +15,8 @@
 // Layout on the partition:
 //
 //	loader/loader.conf
-//	loader/entries/twinroot-<rank>-<id>[+LEFT[-DONE]].conf   the current set
-//	loader/entries/.twinroot-generation                      its generation
+//	loader/entries/twinroot<rank>_<id>[+LEFT[-DONE]].conf   the current set
+//	loader/entries/.twinroot-set                             its generation and names
 //	loader/entries.staged/...                                the staged set
 //	twinroot/vmlinuz-<sha256 hex>                            kernels, by content
 //	twinroot/initramfs-<sha256 hex>.img                      initramfs images

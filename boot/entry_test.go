@@ -71,8 +71,8 @@ func TestParseEntryName(t *testing.T) {
 		want EntryName
 		str  string
 	}{
-		{"twinroot-1-abc.0.conf", EntryName{Base: "twinroot-1-abc.0"}, ""},
-		{"twinroot-1-abc.0+3.conf", EntryName{Base: "twinroot-1-abc.0", Counted: true, Left: 3}, ""},
+		{"twinroot1_abc.0.conf", EntryName{Base: "twinroot1_abc.0"}, ""},
+		{"twinroot1_abc.0+3.conf", EntryName{Base: "twinroot1_abc.0", Counted: true, Left: 3}, ""},
 		{"a+2-1.conf", EntryName{Base: "a", Counted: true, Left: 2, Done: 1}, ""},
 		{"a+0-3.conf", EntryName{Base: "a", Counted: true, Left: 0, Done: 3}, ""},
 		{"a+3-0.conf", EntryName{Base: "a", Counted: true, Left: 3}, "a+3.conf"},

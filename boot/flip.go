@@ -143,7 +143,7 @@ func (p *Partition) CommitStaged(ctx context.Context) error {
 	renamed := false
 	for i := range st.entries {
 		e := &st.entries[i]
-		isFirst := strings.HasPrefix(e.Name.Base, entryPrefix+fileRankFirst+"-")
+		isFirst := strings.HasPrefix(e.Name.Base, entryPrefix+fileRankFirst+"_")
 		want := e.Name // a deployment new to the set keeps its staged counter
 		if c, have := names[e.ID]; have && e.ID != "" {
 			want = counterFor(e.Name, isFirst, c, true, p.tries())

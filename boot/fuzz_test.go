@@ -30,7 +30,7 @@ func FuzzParseEntry(f *testing.F) {
 }
 
 func FuzzParseEntryName(f *testing.F) {
-	f.Add("twinroot-1-abc.0+3.conf")
+	f.Add("twinroot1_abc.0+3.conf")
 	f.Add("a+2-1.conf")
 	f.Add("a+b.conf")
 	f.Fuzz(func(t *testing.T, s string) {

@@ -156,8 +156,8 @@ func TestLifecycle(t *testing.T) {
 	if err := p.Apply(ctx, a, nil); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-aaaaaaaaaaaa.0+3.conf")
-	data, err := os.ReadFile(filepath.Join(p.Dir(), "loader/entries/twinroot-1-aaaaaaaaaaaa.0+3.conf"))
+	wantFiles(t, p, "twinroot1_aaaaaaaaaaaa.0+3.conf")
+	data, err := os.ReadFile(filepath.Join(p.Dir(), "loader/entries/twinroot1_aaaaaaaaaaaa.0+3.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,14 +175,14 @@ func TestLifecycle(t *testing.T) {
 
 	// It boots (systemd-boot counts a try) and is blessed.
 	tried := sdBootTry(t, p)
-	if tried != "twinroot-1-aaaaaaaaaaaa.0+2-1.conf" {
+	if tried != "twinroot1_aaaaaaaaaaaa.0+2-1.conf" {
 		t.Fatalf("tried name %q", tried)
 	}
 	setEFIVar(t, efivars, `\loader\entries\`+tried)
 	if err := p.Bless(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-aaaaaaaaaaaa.0.conf")
+	wantFiles(t, p, "twinroot1_aaaaaaaaaaaa.0.conf")
 	if err := p.Bless(ctx); err != nil { // blessing twice is fine
 		t.Fatal(err)
 	}
@@ -191,15 +191,15 @@ func TestLifecycle(t *testing.T) {
 	if err := p.Stage(ctx, b, &a); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-aaaaaaaaaaaa.0.conf") // staging leaves the current set alone
+	wantFiles(t, p, "twinroot1_aaaaaaaaaaaa.0.conf") // staging leaves the current set alone
 	st, ok, err := p.Staged(ctx)
-	if err != nil || !ok || len(st) != 2 || st[0].File != "twinroot-1-bbbbbbbbbbbb.0+3.conf" || st[1].File != "twinroot-0-aaaaaaaaaaaa.0.conf" {
+	if err != nil || !ok || len(st) != 2 || st[0].File != "twinroot1_bbbbbbbbbbbb.0+3.conf" || st[1].File != "twinroot0_aaaaaaaaaaaa.0.conf" {
 		t.Fatalf("staged %v %v %+v", ok, err, st)
 	}
 	if err := p.CommitStaged(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-bbbbbbbbbbbb.0+3.conf", "twinroot-0-aaaaaaaaaaaa.0.conf")
+	wantFiles(t, p, "twinroot1_bbbbbbbbbbbb.0+3.conf", "twinroot0_aaaaaaaaaaaa.0.conf")
 	if _, ok, _ := p.Staged(ctx); ok {
 		t.Fatal("a staged set remains after commit")
 	}
@@ -215,14 +215,14 @@ func TestLifecycle(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		sdBootTry(t, p)
 	}
-	wantFiles(t, p, "twinroot-0-aaaaaaaaaaaa.0.conf", "twinroot-1-bbbbbbbbbbbb.0+0-3.conf")
+	wantFiles(t, p, "twinroot0_aaaaaaaaaaaa.0.conf", "twinroot1_bbbbbbbbbbbb.0+0-3.conf")
 
 	// Rollback to A (the booted one): A first keeping its blessing, B
 	// second: its exhausted counter is dropped, as a fallback has none.
 	if err := p.Apply(ctx, a, &b); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-aaaaaaaaaaaa.0.conf", "twinroot-0-bbbbbbbbbbbb.0.conf")
+	wantFiles(t, p, "twinroot1_aaaaaaaaaaaa.0.conf", "twinroot0_bbbbbbbbbbbb.0.conf")
 
 	// GC: A's and B's kernels and the shared initramfs are referenced.
 	removed, err := p.GC(ctx)
@@ -256,7 +256,7 @@ func TestBlessingAfterStaging(t *testing.T) {
 		t.Fatal(err)
 	}
 	st, _, _ := p.Staged(ctx)
-	if st[1].File != "twinroot-0-aaaaaaaaaaaa.0+2-1.conf" {
+	if st[1].File != "twinroot0_aaaaaaaaaaaa.0+2-1.conf" {
 		t.Fatalf("staged fallback %q", st[1].File)
 	}
 	setEFIVar(t, efivars, `\loader\entries\`+tried)
@@ -266,7 +266,7 @@ func TestBlessingAfterStaging(t *testing.T) {
 	if err := p.CommitStaged(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-bbbbbbbbbbbb.0+3.conf", "twinroot-0-aaaaaaaaaaaa.0.conf")
+	wantFiles(t, p, "twinroot1_bbbbbbbbbbbb.0+3.conf", "twinroot0_aaaaaaaaaaaa.0.conf")
 }
 
 func TestCommitByRenames(t *testing.T) {
@@ -280,11 +280,11 @@ func TestCommitByRenames(t *testing.T) {
 	if err := p.Apply(ctx, b, &a); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-bbbbbbbbbbbb.0+3.conf", "twinroot-0-aaaaaaaaaaaa.0+3.conf")
+	wantFiles(t, p, "twinroot1_bbbbbbbbbbbb.0+3.conf", "twinroot0_aaaaaaaaaaaa.0+3.conf")
 	if err := p.Apply(ctx, a, &b); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-aaaaaaaaaaaa.0+3.conf", "twinroot-0-bbbbbbbbbbbb.0+3.conf")
+	wantFiles(t, p, "twinroot1_aaaaaaaaaaaa.0+3.conf", "twinroot0_bbbbbbbbbbbb.0+3.conf")
 }
 
 func TestBadInput(t *testing.T) {

@@ -37,7 +37,7 @@ type Deployment struct {
 // sorts by (descending), the sort-key the one systemd-boot sorts by
 // (ascending); see docs/architecture.md, "boot".
 const (
-	entryPrefix    = "twinroot-"
+	entryPrefix    = "twinroot"
 	fileRankFirst  = "1"
 	fileRankSecond = "0"
 	sortKeyFirst   = "twinroot-0"
@@ -85,15 +85,17 @@ func Plan(first Deployment, fallback *Deployment, current map[string]EntryName, 
 	return []EntryFile{a, b}, nil
 }
 
-// entryBase is the file name without counter: "twinroot-<rank>-<id>" with
-// '-' in the id made '_' so that GRUB's name-version-release split sees
-// name "twinroot", version <rank>, release <id>.
+// entryBase is the file name without counter: "twinroot<rank>_<id>", with
+// '-' in the id made '_'. The base holds no '-': GRUB splits a file name at
+// its last two dashes into name-version-release, and the only dash then is
+// the one systemd-boot adds in a "+LEFT-DONE" counter; either way the part
+// GRUB compares first starts with "twinroot<rank>", so the rank decides.
 func entryBase(rankFirst bool, id string) string {
 	r := fileRankSecond
 	if rankFirst {
 		r = fileRankFirst
 	}
-	return entryPrefix + r + "-" + strings.ReplaceAll(id, "-", "_")
+	return entryPrefix + r + "_" + strings.ReplaceAll(id, "-", "_")
 }
 
 func planEntry(d Deployment, isFirst bool, current map[string]EntryName, tries int) (EntryFile, error) {

@@ -258,13 +258,13 @@ func TestSystemdBootVM(t *testing.T) {
 	if id := booted(out); id != good.ID {
 		t.Fatalf("boot 1 booted %s", id)
 	}
-	if !strings.Contains(out, "TWINROOT-UEFI-ENTRIES-BEFORE: twinroot-1-9009d0000000.0+2-1.conf") {
+	if !strings.Contains(out, "TWINROOT-UEFI-ENTRIES-BEFORE: twinroot1_9009d0000000.0+2-1.conf") {
 		t.Fatalf("systemd-boot did not rename the +3 entry to +2-1 before booting it:\n%s", out)
 	}
 	if !strings.Contains(out, "TWINROOT-UEFI-BLESSED") || !strings.Contains(out, "TWINROOT-UEFI-GOOD-POWEROFF") {
 		t.Fatalf("boot 1 did not bless and power off:\n%s", out)
 	}
-	wantImg("twinroot-1-9009d0000000.0.conf")
+	wantImg("twinroot1_9009d0000000.0.conf")
 
 	// 2. An update to a deployment that never boots: staged and committed
 	// on the partition; systemd-boot tries it three times.
@@ -281,7 +281,7 @@ func TestSystemdBootVM(t *testing.T) {
 		if id := booted(out); id != bad.ID || !strings.Contains(out, "TWINROOT-UEFI-BAD-REBOOT") {
 			t.Fatalf("boot %d booted %s, want the new (bad) deployment:\n%s", boots, id, out)
 		}
-		wantImg(fmt.Sprintf("twinroot-1-bad000000000.0+%d-%d.conf", 3-try, try), "twinroot-0-9009d0000000.0.conf")
+		wantImg(fmt.Sprintf("twinroot1_bad000000000.0+%d-%d.conf", 3-try, try), "twinroot0_9009d0000000.0.conf")
 	}
 	// 3. Its tries are exhausted: systemd-boot sorts it last and boots the
 	// fallback, with nothing to bless (it is blessed already).
@@ -292,7 +292,7 @@ func TestSystemdBootVM(t *testing.T) {
 	if !strings.Contains(out, "TWINROOT-UEFI-NOTHING-TO-BLESS") || !strings.Contains(out, "TWINROOT-UEFI-GOOD-POWEROFF") {
 		t.Fatalf("boot %d:\n%s", boots, out)
 	}
-	wantImg("twinroot-1-bad000000000.0+0-3.conf", "twinroot-0-9009d0000000.0.conf")
+	wantImg("twinroot1_bad000000000.0+0-3.conf", "twinroot0_9009d0000000.0.conf")
 	// What boot reads back from the partition agrees: the fallback first.
 	e.pull()
 	es, err := p.Entries(ctx)

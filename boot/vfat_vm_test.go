@@ -117,7 +117,7 @@ func TestVfatVM(t *testing.T) {
 	if err := p.CommitStaged(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-bbbbbbbbbbbb.0+3.conf", "twinroot-0-aaaaaaaaaaaa.0.conf")
+	wantFiles(t, p, "twinroot1_bbbbbbbbbbbb.0+3.conf", "twinroot0_aaaaaaaaaaaa.0.conf")
 	how := "how=exchange"
 	if !exchangeWorks {
 		how = "how=renames"
@@ -128,7 +128,7 @@ func TestVfatVM(t *testing.T) {
 	if err := p.Apply(ctx, a, &b); err != nil { // rollback
 		t.Fatal(err)
 	}
-	wantFiles(t, p, "twinroot-1-aaaaaaaaaaaa.0.conf", "twinroot-0-bbbbbbbbbbbb.0+3.conf")
+	wantFiles(t, p, "twinroot1_aaaaaaaaaaaa.0.conf", "twinroot0_bbbbbbbbbbbb.0+3.conf")
 	for _, f := range []string{"loader/loader.conf", "EFI/BOOT/BOOTX64.EFI", "EFI/systemd/systemd-bootx64.efi"} {
 		if _, err := os.Stat(filepath.Join(esp, f)); err != nil {
 			t.Error(err)
