@@ -75,4 +75,5 @@ if [ ! -e "$(d "$SYSCONFDIR/twinroot/config.toml")" ]; then
 	install -m 0644 dist/twinroot/config.toml "$(d "$SYSCONFDIR/twinroot")/config.toml"
 	echo "installed $(d "$SYSCONFDIR/twinroot")/config.toml (all keys commented: the defaults)"
 fi
+DESTDIR="$DESTDIR" bash dist/install-initramfs.sh # setup-root and its initramfs packaging
 echo "enable with: systemctl enable --now twinroot-update.timer twinroot-finalize.service twinroot-bless-boot.service"

@@ -119,3 +119,45 @@ func TestDistShellSyntax(t *testing.T) {
 		}
 	}
 }
+
+// TestDistInstall runs dist/install-initramfs.sh into a DESTDIR and checks
+// the paths the unit, the scripts and the generators rely on.
+func TestDistInstall(t *testing.T) {
+	bin := setupRootBinary(t)
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The script installs bin/twinroot-setup-root of a built checkout:
+	// give it a copy of the repository's dist/ with the fresh binary.
+	work := t.TempDir()
+	if err := os.CopyFS(filepath.Join(work, "dist"), os.DirFS(filepath.Join(repo, "dist"))); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTree(t, work, map[string][]byte{"bin/twinroot-setup-root": b})
+	if err := os.Chmod(filepath.Join(work, "bin/twinroot-setup-root"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dest := t.TempDir()
+	cmd := exec.Command("bash", filepath.Join(work, "dist/install-initramfs.sh"))
+	cmd.Env = append(os.Environ(), "DESTDIR="+dest)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("install-initramfs.sh: %v\n%s", err, out)
+	}
+	for p, mode := range map[string]os.FileMode{
+		installPath: 0o755,
+		"/usr/lib/dracut/modules.d/50twinroot/module-setup.sh":             0o755,
+		"/usr/lib/dracut/modules.d/50twinroot/twinroot-setup-root.service": 0o644,
+		"/usr/share/initramfs-tools/hooks/twinroot":                        0o755,
+		"/usr/share/initramfs-tools/scripts/local-bottom/twinroot":         0o755,
+	} {
+		fi, err := os.Stat(filepath.Join(dest, p))
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v, %v; want mode %v", p, fi, err, mode)
+		}
+	}
+}
