@@ -6,8 +6,9 @@
 #    with a read-only copy of shared/ beside it, as CI lays them out;
 #  - an environment made from nothing (env -i): GOPATH, GOBIN, GOMODCACHE,
 #    GOCACHE, HOME and the caches of the VM test kernel
-#    ($TWINROOT_VMTEST_CACHE) and of the reference tools
-#    ($TWINROOT_BENCH_CACHE) are empty temp directories;
+#    ($TWINROOT_VMTEST_CACHE), of the reference tools and benchmarks
+#    ($TWINROOT_BENCH_CACHE) and of the e2e images ($TWINROOT_E2E_CACHE)
+#    are empty temp directories;
 #  - PATH holds the directory of the go command and the system directories,
 #    and no Go tool the Makefile installs (GO_TOOLS, e.g. staticcheck);
 #  - as root, in a private mount namespace, the default locations are hidden
@@ -23,7 +24,9 @@
 # a line, or "apt<TAB>name<TAB>version" lines), which ones a new machine lacks.
 #
 # Usage: test/fresh-machine.sh [make target...]     (default: demo test)
-# Environment: FRESH_DIR=DIR   work directory (default: a new /var/tmp/twinroot-fresh.*)
+# Environment: FRESH_DIR=DIR   work directory (default: a new /var/tmp/twinroot-fresh.*);
+#                              one kept from an earlier run is reused as it is
+#                              (clone and caches: the cost of a second run)
 #              FRESH_KEEP=1    keep the work directory (it is kept anyway on failure)
 #              FRESH_TAIL=N    how many last lines of each command to print (default 15)
 #              FRESH_NO_HIDE=1 do not hide the default locations (no mount namespace)
@@ -71,16 +74,23 @@ mapfile -t DEBS < <(printf '%s\n' "${DEBS[@]}" | sort -u)
 ORIG_HOME=${HOME:-/root}
 
 W=${FRESH_DIR:-$(mktemp -d /var/tmp/twinroot-fresh.XXXXXX)}
-mkdir -p "$W"/{ci,home,gopath,gobin,gomodcache,gocache,cache/vmtest,cache/bench,logs}
+mkdir -p "$W"/{ci,home,gopath,gobin,gomodcache,gocache,cache/vmtest,cache/bench,cache/e2e,logs}
 REV=$(git -C "$SRC" rev-parse HEAD)
 log "work directory $W"
-log "clone of $SRC at $(git -C "$SRC" log -1 --format='%h %s' HEAD)"
-[ -z "$(git -C "$SRC" status --porcelain --untracked-files=no)" ] ||
-	log "note: the checkout has uncommitted changes; the clone has HEAD only"
-git clone -q --no-checkout "$SRC" "$W/ci/twinroot"
-git -C "$W/ci/twinroot" checkout -q --detach "$REV"
-cp -a "$SHARED" "$W/ci/shared"
-chmod -R a-w "$W/ci/shared"
+if [ ! -d "$W/ci/twinroot/.git" ]; then
+	log "clone of $SRC at $(git -C "$SRC" log -1 --format='%h %s' HEAD)"
+	[ -z "$(git -C "$SRC" status --porcelain --untracked-files=no)" ] ||
+		log "note: the checkout has uncommitted changes; the clone has HEAD only"
+fi
+if [ -d "$W/ci/twinroot/.git" ]; then
+	log "reusing the clone and caches in $W (a second run: what the commands cost once installed)"
+	REV=$(git -C "$W/ci/twinroot" rev-parse HEAD)
+else
+	git clone -q --no-checkout "$SRC" "$W/ci/twinroot"
+	git -C "$W/ci/twinroot" checkout -q --detach "$REV"
+	cp -a "$SHARED" "$W/ci/shared"
+	chmod -R a-w "$W/ci/shared"
+fi
 
 # PATH: go's own directory and the system directories, minus any directory
 # outside the system ones that holds a Go tool.
@@ -119,7 +129,8 @@ fi
 
 RUN=(env -i HOME="$W/home" PATH="$FRESH_PATH" LANG=C.UTF-8 TERM=dumb CI=true
 	GOPATH="$W/gopath" GOBIN="$W/gobin" GOMODCACHE="$W/gomodcache" GOCACHE="$W/gocache"
-	TWINROOT_VMTEST_CACHE="$W/cache/vmtest" TWINROOT_BENCH_CACHE="$W/cache/bench")
+	TWINROOT_VMTEST_CACHE="$W/cache/vmtest" TWINROOT_BENCH_CACHE="$W/cache/bench"
+	TWINROOT_E2E_CACHE="$W/cache/e2e")
 for t in "${GO_TOOLS[@]}"; do
 	p=${t%@*}
 	if found=$("${RUN[@]}" bash -c "command -v ${p##*/}"); then
@@ -143,6 +154,7 @@ if [ -n "${FRESH_BASELINE:-}" ]; then
 	log "a new machine ($(basename "$FRESH_BASELINE")) lacks ${#new[@]}${new[*]:+: ${new[*]}}"
 fi
 
+before=$(ls -d /var/cache/twinroot-* 2>/dev/null || true)
 status=0
 SUMMARY=()
 for target in "${TARGETS[@]}"; do
@@ -159,7 +171,12 @@ for target in "${TARGETS[@]}"; do
 	[ "$rc" = 0 ] || status=1
 done
 
-log "summary for $(git -C "$SRC" log -1 --format='%h' HEAD) on $(nproc) cores:"
+# A default cache that did not exist could not be hidden: say if one appeared
+# (from this run's code ignoring its variable, or from another process).
+for d in $(ls -d /var/cache/twinroot-* 2>/dev/null || true); do
+	grep -qxF "$d" <<<"$before" || log "warning: $d appeared during the run: a default cache not overridden here?"
+done
+log "summary for $(git -C "$W/ci/twinroot" log -1 --format='%h' HEAD) on $(nproc) cores:"
 printf '  %s\n' "${SUMMARY[@]}" >&2
 if [ "$status" = 0 ] && [ -z "${FRESH_KEEP:-}" ]; then
 	chmod -R u+w "$W" && rm -rf "$W"
