@@ -164,7 +164,7 @@ for target in "${TARGETS[@]}"; do
 	rc=0
 	(cd "$W/ci/twinroot" && "${RUN[@]}" make "$target") </dev/null >"$out" 2>&1 || rc=$?
 	secs=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
-	line="make $target: exit $rc, wall time ${secs} s ($((secs / 60)) min $((secs % 60)) s)"
+	line="make $target: exit $rc, wall time ${secs} s ($((secs / 60)) min $((secs % 60)) s), load average then $(cut -d' ' -f1-3 /proc/loadavg)"
 	SUMMARY+=("$line")
 	log "$line; last $TAIL lines:"
 	tail -n "$TAIL" "$out"
