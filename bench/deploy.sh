@@ -67,8 +67,11 @@ mkdir -p "$SYS/var/lib" && echo keep >"$SYS/var/lib/keep" # a /var in use: no se
 BASE=$BENCH_DIR/base
 NEW=$BENCH_DIR/new
 KVER=6.12.0-bench
-mkdir -p "$BASE"
-for d in etc usr var; do cp -a "$ROOTFS/$d" "$BASE/"; done
+# Only what deploying reads: /etc and os-release (the rest of the image
+# is never touched by a deployment).
+mkdir -p "$BASE/usr/lib" "$BASE/var"
+cp -a "$ROOTFS/etc" "$BASE/"
+cp -L "$ROOTFS/usr/lib/os-release" "$BASE/usr/lib/" 2>/dev/null || true
 mkdir -p "$BASE/usr/lib/modules/$KVER"
 head -c 11M /dev/urandom >"$BASE/usr/lib/modules/$KVER/vmlinuz"
 head -c 38M /dev/urandom >"$BASE/usr/lib/modules/$KVER/initramfs.img"

@@ -46,6 +46,11 @@ func (m *Manager) Create(ctx context.Context, opts CreateOptions) (Deployment, e
 	if opts.Image.IsZero() {
 		return Deployment{}, fmt.Errorf("deploy: create: no image")
 	}
+	for _, k := range opts.Kargs {
+		if err := checkKarg(k); err != nil {
+			return Deployment{}, err
+		}
+	}
 	unlock, err := m.lock(ctx)
 	if err != nil {
 		return Deployment{}, err
@@ -148,6 +153,21 @@ func (m *Manager) Create(ctx context.Context, opts CreateOptions) (Deployment, e
 	}
 	m.log.Info("deployment created", "id", id, "image", opts.Image.Hex(), "mergedFrom", opts.MergeFrom, "conflicts", len(d.Conflicts))
 	return d, nil
+}
+
+// checkKarg refuses a kernel argument that would break the boot entry's
+// options line: empty, or holding a control character (a newline would
+// end the line).
+func checkKarg(k string) error {
+	if k == "" {
+		return fmt.Errorf("deploy: %w: empty kernel argument", ErrBadKarg)
+	}
+	for _, c := range k {
+		if c < 0x20 || c == 0x7f {
+			return fmt.Errorf("deploy: %w %q: control character", ErrBadKarg, k)
+		}
+	}
+	return nil
 }
 
 // newID picks "<12 hex>.<n>" with n the lowest integer not used by a

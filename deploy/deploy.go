@@ -62,6 +62,8 @@ var (
 	ErrEtcMerge = errors.New("deploy: /etc merge impossible")
 	// ErrNoEtc: the image has no /etc directory.
 	ErrNoEtc = errors.New("deploy: image has no /etc")
+	// ErrBadKarg: a kernel argument that cannot go on a command line.
+	ErrBadKarg = errors.New("deploy: bad kernel argument")
 	// ErrCorrupt: a deployment record does not parse.
 	ErrCorrupt = errors.New("deploy: corrupt deployment")
 )

@@ -233,7 +233,13 @@ func TestImageWithoutEtc(t *testing.T) {
 		t.Error("/var seeded by a failed deployment")
 	}
 	e.checkClean("after the failure")
-	// A missing image and a missing MergeFrom are errors too.
+	// Kernel arguments that would break the entry, a missing image and a
+	// missing MergeFrom are errors too.
+	for _, k := range []string{"", "a\nb", "x\x00"} {
+		if _, err := e.m.Create(ctx, CreateOptions{Image: img, Kargs: []string{"quiet", k}}); !errors.Is(err, ErrBadKarg) {
+			t.Errorf("karg %q: %v", k, err)
+		}
+	}
 	if _, err := e.m.Create(ctx, CreateOptions{Image: img, MergeFrom: "nope.0"}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("MergeFrom a missing deployment: %v", err)
 	}
