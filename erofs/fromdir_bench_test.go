@@ -1,18 +1,21 @@
 package erofs
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
 // benchTree is the tree BenchmarkFromDir reads: $TWINROOT_BENCH_TREE, or the
-// Debian root bench/fromdir.sh caches.
+// Debian root bench/fromdir.sh caches under $TWINROOT_BENCH_CACHE (default
+// /var/cache/twinroot-bench).
 func benchTree(b *testing.B) string {
 	dir := os.Getenv("TWINROOT_BENCH_TREE")
 	if dir == "" {
-		dir = "/var/cache/twinroot-bench/debian-root"
+		dir = filepath.Join(cmp.Or(os.Getenv("TWINROOT_BENCH_CACHE"), "/var/cache/twinroot-bench"), "debian-root")
 	}
 	if _, err := os.Stat(dir); err != nil {
 		b.Skipf("no benchmark tree (run bench/fromdir.sh or set TWINROOT_BENCH_TREE): %v", err)
