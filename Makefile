@@ -17,7 +17,7 @@ GO_TOOLS := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 STATICCHECK := $(TOOLS)/staticcheck
 
 # Debian packages the demo needs (test/demo.sh and make build).
-DEMO_DEB_PACKAGES := attr curl docker-registry erofs-utils file fsverity skopeo util-linux
+DEMO_DEB_PACKAGES := attr curl docker-registry erofs-utils file fsverity skopeo systemd-boot-efi util-linux
 
 # Debian packages the tests and benchmarks need.
 DEB_PACKAGES := erofs-utils fsverity docker-registry skopeo qemu-system-x86 ovmf mtools dosfstools fdisk \

@@ -456,28 +456,22 @@ func printHost(w io.Writer, h updater.Host) {
 		mark, title string
 		e           *updater.BootEntry
 	}
-	blocks := []block{{" ", "Staged", s.Staged}, {"●", "Booted", s.Booted}}
-	if s.Default != nil && (s.Booted == nil || s.Default.ID != s.Booted.ID) {
-		blocks = append(blocks, block{" ", "Default", s.Default})
+	blocks := []block{{" ", "Staged", s.Staged}, {"●", "Booted", s.Booted}, {" ", "Default", s.Default}, {" ", "Rollback", s.Rollback}}
+	for i := range s.Other {
+		blocks = append(blocks, block{" ", "Other", &s.Other[i]})
 	}
-	blocks = append(blocks, block{" ", "Rollback", s.Rollback})
 	printed := 0
+	seen := map[string]bool{}
 	for _, b := range blocks {
-		if b.e == nil {
-			continue
+		if b.e == nil || seen[b.e.ID] {
+			continue // one block per deployment; its other roles are in its title
 		}
+		seen[b.e.ID] = true
 		if printed > 0 {
 			fmt.Fprintln(w)
 		}
 		printed++
 		printEntry(w, b.mark, b.title, b.e, h)
-	}
-	for _, e := range s.Other {
-		if printed > 0 {
-			fmt.Fprintln(w)
-		}
-		printed++
-		printEntry(w, " ", "Other", &e, h)
 	}
 	if printed == 0 {
 		fmt.Fprintln(w, "No deployments.")
