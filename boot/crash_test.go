@@ -27,6 +27,7 @@ const (
 	envCrashCycles = "BOOT_CRASH_CYCLES" // stop after this many cycles (0: run until killed)
 	envCrashSeed   = "BOOT_CRASH_SEED"
 	envCrashRename = "BOOT_CRASH_RENAMES" // "1": Options.NoExchange
+	envCrashScale  = "BOOT_CRASH_SCALE"   // divide the images' sizes by this
 )
 
 func TestMain(m *testing.M) {
@@ -44,11 +45,13 @@ func TestMain(m *testing.M) {
 }
 
 // crashImages are four images with kernels and initramfs of different
-// sizes (128 KiB to 3 MiB), two of them sharing an initramfs.
+// sizes (128 KiB to 3 MiB, divided by $BOOT_CRASH_SCALE), two of them
+// sharing an initramfs.
 func crashImages() []fstest.MapFS {
 	r := rand.New(rand.NewPCG(1, 2))
+	scale, _ := strconv.Atoi(os.Getenv(envCrashScale))
 	blob := func(n int) string {
-		b := make([]byte, n)
+		b := make([]byte, n/max(scale, 1))
 		for i := range b {
 			b[i] = byte(r.Uint32())
 		}

@@ -135,6 +135,13 @@ func (p *Partition) CommitStaged(ctx context.Context) error {
 	if _, err := os.Stat(stDir); err != nil || st.gen != cur.gen+1 {
 		return fmt.Errorf("%w on %s", ErrNoStaged, p.dir)
 	}
+	if cur.gen == 0 && len(cur.entries) > 0 {
+		var foreign []string
+		for _, e := range cur.entries {
+			foreign = append(foreign, e.File)
+		}
+		p.log.Warn("boot: loader/entries holds entries twinroot did not write; the commit replaces them", "partition", p.dir, "entries", foreign)
+	}
 	if len(st.entries) != len(st.bases) || len(st.entries) == 0 {
 		return fmt.Errorf("boot: staged set %s is incomplete: %d entries for %d names", stDir, len(st.entries), len(st.bases))
 	}

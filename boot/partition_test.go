@@ -151,6 +151,12 @@ func TestLifecycle(t *testing.T) {
 	imgB := testImage("kernel B", "initrd A") // same initramfs content
 	a := deployment(t, p, "aaaaaaaaaaaa.0", digestOf(t, 0xaa), imgA, "1.0")
 	b := deployment(t, p, "bbbbbbbbbbbb.0", digestOf(t, 0xbb), imgB, "2.0")
+	if a.Kernel.Initrd != b.Kernel.Initrd || a.Kernel.Linux == b.Kernel.Linux {
+		t.Fatalf("kernels %+v and %+v: the same initramfs content must be one file", a.Kernel, b.Kernel)
+	}
+	if files, _ := os.ReadDir(filepath.Join(p.Dir(), "twinroot")); len(files) != 3 {
+		t.Fatalf("twinroot/ holds %d files, want 2 kernels and 1 initramfs", len(files))
+	}
 
 	// First install: one entry, counted.
 	if err := p.Apply(ctx, a, nil); err != nil {
