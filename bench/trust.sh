@@ -83,7 +83,7 @@ run() { # name command...
 	s=$(now)
 	"${@:2}" >/dev/null 2>"$WORK/err" || { cat "$WORK/err" >&2; echo "trust.sh: $1 failed" >&2; exit 1; }
 	e=$(now)
-	T[$1]+="$(echo "$e - $s" | bc) "
+	T[$1]+="$(awk -v s="$s" -v e="$e" 'BEGIN { printf "%.6f", e - s }') "
 }
 for r in $(seq "$ROUNDS"); do
 	for p in accept signed; do
@@ -99,5 +99,5 @@ for k in updatectl-accept updatectl-signed skopeo-accept skopeo-signed; do
 done
 ua=$(echo "${T[updatectl-accept]}" | median); us=$(echo "${T[updatectl-signed]}" | median)
 sa=$(echo "${T[skopeo-accept]}" | median); ss=$(echo "${T[skopeo-signed]}" | median)
-uo=$(echo "($us - $ua) * 1000" | bc); so=$(echo "($ss - $sa) * 1000" | bc)
+uo=$(awk -v a="$ua" -v b="$us" 'BEGIN { printf "%.1f", (b - a) * 1000 }'); so=$(awk -v a="$sa" -v b="$ss" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
 echo "verification overhead: updatectl ${uo} ms, skopeo ${so} ms"
