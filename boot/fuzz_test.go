@@ -3,6 +3,7 @@ package boot
 import (
 	"bytes"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -41,6 +42,43 @@ func FuzzParseEntryName(f *testing.F) {
 		n2, err := ParseEntryName(n.String())
 		if err != nil || n2 != n {
 			t.Fatalf("%q → %+v → %q → %+v, %v", s, n, n.String(), n2, err)
+		}
+	})
+}
+
+func FuzzParseOSRelease(f *testing.F) {
+	f.Add([]byte("NAME=\"Debian GNU/Linux\"\nVERSION='13'\nID=debian\n# c\nBAD LINE\nX=\"a\\\"b\"\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for k := range ParseOSRelease(data) {
+			if k == "" || strings.ContainsAny(k, "= \t\n") {
+				t.Fatalf("key %q", k)
+			}
+		}
+	})
+}
+
+func FuzzParseEFIString(f *testing.F) {
+	f.Add([]byte{7, 0, 0, 0, '\\', 0, 'a', 0, 0, 0})
+	f.Add([]byte{7, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := ParseEFIString(data)
+		if err == nil && strings.ContainsRune(s, 0) {
+			t.Fatalf("NUL in %q", s)
+		}
+	})
+}
+
+func FuzzParseKargs(f *testing.F) {
+	f.Add([]byte("kargs = [\"a\", \"b=c\"]\nmatch-architectures = [\"x86_64\"]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		kargs, err := ParseKargs(data, "x86_64")
+		if err != nil {
+			return
+		}
+		for _, k := range kargs {
+			if k == "" || strings.ContainsAny(k, "\n\x00") {
+				t.Fatalf("argument %q", k)
+			}
 		}
 	})
 }

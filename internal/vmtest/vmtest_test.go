@@ -333,3 +333,12 @@ func TestBootFailure(t *testing.T) {
 		t.Errorf("output lacks the kernel panic\n%s", res.Output)
 	}
 }
+
+func TestRunUEFIBadConfig(t *testing.T) {
+	if _, err := RunUEFI(t.Context(), UEFIConfig{}); !errors.Is(err, ErrBadConfig) {
+		t.Fatalf("RunUEFI without Vars: %v, want ErrBadConfig", err)
+	}
+	if err := WriteInitramfs(t.Context(), filepath.Join(t.TempDir(), "i"), "#!/bin/sh\n", []File{{Host: "/bin/sh", Guest: "rel"}}); err == nil {
+		t.Fatal("WriteInitramfs accepted a relative guest path")
+	}
+}
