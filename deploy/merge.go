@@ -41,6 +41,8 @@ type Action struct {
 
 // Plan is the result of Merge: the complete merged /etc as actions, plus
 // the conflicts (paths changed on both sides, where the local version won).
+// It refers to the trees Merge read: the new image's file system must stay
+// open, and the local /etc unchanged, until Apply has run.
 type Plan struct {
 	Actions   []Action
 	Conflicts []Conflict
