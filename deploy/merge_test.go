@@ -452,3 +452,38 @@ func checkPlan(t *testing.T, plan Plan, tc mergeCase) {
 		t.Errorf("plan conflicts %v, want %v", plan.Conflicts, tc.conflicts)
 	}
 }
+
+// TestMergeBaseWithoutEtc: a base image without /etc counts as an empty
+// one: everything local is a local addition, the rest comes from the new
+// image, and a path both have differently is a conflict.
+func TestMergeBaseWithoutEtc(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string][]byte{"usr/bin/x": big("x")})
+	noEtc := e.importDir(dir)
+	newImg := e.image(nil)
+	local := t.TempDir()
+	write(t, filepath.Join(local, "mine"), "mine\n")
+	write(t, filepath.Join(local, "hosts"), "my hosts\n")
+	baseFS, err := e.store.OpenImageFS(ctx, noEtc)
+	must(t, err)
+	defer baseFS.Close()
+	newFS, err := e.store.OpenImageFS(ctx, newImg)
+	must(t, err)
+	defer newFS.Close()
+	plan, err := Merge(baseFS, newFS, local)
+	must(t, err)
+	checkPlan(t, plan, mergeCase{
+		sources:   map[string]Source{"mine": FromLocal, "hosts": FromLocal, "passwd": FromNew, "ssh/sshd_config": FromNew},
+		conflicts: []string{"hosts"},
+	})
+	out := filepath.Join(t.TempDir(), "etc")
+	must(t, Apply(ctx, plan, out))
+	wantContent(t, filepath.Join(out, "hosts"), "my hosts\n")
+	wantContent(t, filepath.Join(out, "passwd"), "root:x:0:0::/root:/bin/sh\n")
+	// The new image without /etc is ErrNoEtc.
+	if _, err := Merge(newFS, baseFS, local); !errors.Is(err, ErrNoEtc) {
+		t.Errorf("Merge into an image without /etc: %v", err)
+	}
+}
