@@ -170,6 +170,9 @@ func TestCrashCreate(t *testing.T) {
 	write(t, filepath.Join(etc, "motd"), "local motd\n")
 	must(t, os.Remove(filepath.Join(etc, "ssh/ssh_config")))
 	must(t, os.Lchown(filepath.Join(etc, "owned"), 10, 10))
+	// An empty /var (a mount point, say): the script's first Create seeds it.
+	must(t, os.RemoveAll(filepath.Join(tmpl, "var")))
+	must(t, os.Mkdir(filepath.Join(tmpl, "var"), 0o700))
 	s.Close()
 	images := baseImg.String() + " " + newImg.String() + " " + booted.ID
 
@@ -217,6 +220,7 @@ func TestCrashCreate(t *testing.T) {
 	if len(accept) != 2 {
 		t.Fatalf("reference run left %d deployments", len(accept))
 	}
+	varFP := fingerprint(t, filepath.Join(ref, "var"))
 	pre := clone("pre")
 	{
 		s, err := objstore.Open(ctx, filepath.Join(pre, "twinroot"), objstore.Options{})
@@ -282,6 +286,10 @@ func TestCrashCreate(t *testing.T) {
 		}
 		if _, err := m.Create(ctx, CreateOptions{Image: newImg, MergeFrom: booted.ID}); err != nil {
 			t.Errorf("%s: create after crash: %v", label, err)
+		}
+		// That Create seeded or finished seeding /var: it is the image's.
+		if fp := fingerprint(t, filepath.Join(dir, "var")); fp != varFP {
+			t.Errorf("%s: /var is not the image's after recovery", label)
 		}
 	}
 	step := 1

@@ -51,7 +51,7 @@ func (m *Manager) seedVar(ctx context.Context, fsys fs.FS) error {
 		if err := os.RemoveAll(tmp); err != nil {
 			return fmt.Errorf("deploy: seeding /var: %w", err)
 		}
-		if err := apply(ctx, plan, tmp, applyOptions{}); err != nil {
+		if err := apply(ctx, plan, tmp, applyOptions{crash: m.crash}); err != nil {
 			return fmt.Errorf("deploy: seeding %s: %w", varDir, err)
 		}
 		if err := syncfs(tmp); err != nil {
@@ -60,6 +60,7 @@ func (m *Manager) seedVar(ctx context.Context, fsys fs.FS) error {
 		if err := os.Rename(tmp, varDir); err != nil {
 			return fmt.Errorf("deploy: seeding /var: %w", err)
 		}
+		m.crashPoint("var.renamed")
 		return atomicfile.SyncDir(m.sysroot)
 	case err != nil:
 		return fmt.Errorf("deploy: seeding /var: %w", err)
@@ -87,7 +88,7 @@ func (m *Manager) seedVar(ctx context.Context, fsys fs.FS) error {
 	}
 	if !done {
 		tmp := filepath.Join(varDir, varSeedTmp)
-		if err := apply(ctx, plan, tmp, applyOptions{}); err != nil {
+		if err := apply(ctx, plan, tmp, applyOptions{crash: m.crash}); err != nil {
 			return fmt.Errorf("deploy: seeding %s: %w", varDir, err)
 		}
 		if err := syncfs(tmp); err != nil {
@@ -99,6 +100,7 @@ func (m *Manager) seedVar(ctx context.Context, fsys fs.FS) error {
 		if err := atomicfile.SyncDir(varDir); err != nil {
 			return err
 		}
+		m.crashPoint("var.seed-complete")
 	}
 	// Move the complete copy's entries up, then its (now empty) directory
 	// away; its own metadata becomes /var's.
@@ -107,10 +109,12 @@ func (m *Manager) seedVar(ctx context.Context, fsys fs.FS) error {
 		return fmt.Errorf("deploy: seeding /var: %w", err)
 	}
 	for _, e := range names {
+		// An entry that appeared in /var meanwhile wins over the seed's.
 		err := unix.Renameat2(unix.AT_FDCWD, filepath.Join(seed, e.Name()), unix.AT_FDCWD, filepath.Join(varDir, e.Name()), unix.RENAME_NOREPLACE)
 		if err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("deploy: seeding /var: %w", err)
 		}
+		m.crashPoint("var.moved")
 	}
 	if r := plan.new.get("."); r != nil {
 		if err := setMeta(varDir, r, false); err != nil {
@@ -120,7 +124,7 @@ func (m *Manager) seedVar(ctx context.Context, fsys fs.FS) error {
 	if err := atomicfile.SyncDir(varDir); err != nil {
 		return err
 	}
-	if err := os.Remove(seed); err != nil {
+	if err := os.RemoveAll(seed); err != nil {
 		return fmt.Errorf("deploy: seeding /var: %w", err)
 	}
 	return atomicfile.SyncDir(varDir)
