@@ -75,12 +75,17 @@ run install --tls-verify=false "$REF"
 say "the boot directory now holds systemd-boot, the kernel (named by its content) and one entry:"
 (cd "$B" && find . -type f | sort | sed 's/^\.\//  /')
 say "the entry systemd-boot reads:"
-sed 's/^/  /' "$B"/loader/entries/twinroot-*.conf
+sed 's/^/  /' "$B"/loader/entries/*.conf
 
 step "3. status: v1 is the default deployment"
 run status
-# The first entry's twinroot=<deployment>:<composefs digest> argument.
-first_arg() { grep -ho 'twinroot=[^ ]*' "$B"/loader/entries/twinroot-1-*.conf; }
+# The default deployment's twinroot=<deployment>:<composefs digest>, from status --json.
+first_arg() {
+	"$U" --sysroot "$S" --boot "$B" status --json | awk '
+		/^    "default": \{/ { d = 1 }
+		d && /^      "id":/ { gsub(/[",]/, "", $2); id = $2 }
+		d && /"composefsDigest":/ { gsub(/[",]/, "", $2); print "twinroot=" id ":" $2; exit }'
+}
 V1=$(first_arg | sed 's/^twinroot=//; s/:.*//')
 
 say "booting v1 (simulated: the kernel command line names its deployment)"

@@ -257,7 +257,7 @@ func TestLifecycle(t *testing.T) {
 	if h.Spec.Image == nil || h.Spec.Image.Image != ref || h.Status.Default.Image.Version != "1" || h.Status.Default.Image.OS != "Twinroot Sample 1" {
 		t.Errorf("after install: spec %+v, default %+v", h.Spec.Image, h.Status.Default.Image)
 	}
-	if b := h.Status.Default.Boot; b == nil || !strings.HasPrefix(b.Entry, "twinroot-") {
+	if b := h.Status.Default.Boot; b == nil || !strings.HasPrefix(b.Entry, "twinroot") || !strings.HasSuffix(b.Entry, ".conf") {
 		t.Errorf("default has no boot entry: %+v", b)
 	}
 	human := s.mustCLI(t, "status")
