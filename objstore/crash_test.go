@@ -2,6 +2,7 @@ package objstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -29,6 +30,16 @@ func crashScript(ctx context.Context, s *Store) error {
 	}
 	b, err := poolImportFixed(ctx, s, span(15, 45), true)
 	if err != nil {
+		return err
+	}
+	// A root keeps a until it is dropped.
+	if err := s.AddRoot(ctx, "deploy-a.0", a); err != nil {
+		return err
+	}
+	if err := s.Remove(ctx, a); !errors.Is(err, ErrRooted) {
+		return fmt.Errorf("remove of a rooted image: %v", err)
+	}
+	if err := s.RemoveRoot(ctx, "deploy-a.0"); err != nil {
 		return err
 	}
 	if err := s.Remove(ctx, a); err != nil {
