@@ -76,7 +76,9 @@ type BootConfig struct {
 // StorageConfig is the [storage] table.
 type StorageConfig struct {
 	// Containers is container storage's graph root, whose files the store
-	// shares (default /var/lib/containers/storage; "" disables sharing).
+	// shares after each upgrade, as a path under the sysroot (the
+	// persistent /var is <sysroot>/var): default
+	// /var/lib/containers/storage; "" disables sharing.
 	Containers string `toml:"containers"`
 }
 

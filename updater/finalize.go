@@ -36,6 +36,20 @@ func Finalize(ctx context.Context, o Options) (Result, error) {
 		}
 		return res, fmt.Errorf("%w: staged deployment %s is missing; the staged entries were discarded", ErrNoDeployment, id)
 	}
+	ok, err = u.stagedThisBoot(id)
+	if err != nil {
+		return res, err
+	}
+	if !ok {
+		u.o.Log.Warn("the staged update was made during an earlier boot that did not shut down cleanly; discarding it", "deployment", id)
+		if err := u.boot.DiscardStaged(ctx); err != nil {
+			return res, friendly(err)
+		}
+		u.clearStaged()
+		res.Changed = true
+		res.Message = fmt.Sprintf("discarded %s: it was staged during an earlier boot that ended without finalizing (a crash or power cut); run 'updatectl upgrade' again", id)
+		return res, nil
+	}
 	if d.MergedFrom != "" {
 		if _, ok := s.deps[d.MergedFrom]; ok {
 			u.o.emit("finalize", "merging /etc of "+d.MergedFrom+" into "+id+" again")
@@ -50,6 +64,7 @@ func Finalize(ctx context.Context, o Options) (Result, error) {
 	if err := u.boot.CommitStaged(ctx); err != nil {
 		return res, friendly(err)
 	}
+	u.clearStaged()
 	res.Changed, res.Deployment, res.RebootNeeded = true, id, true
 	res.Message = fmt.Sprintf("%s (%s) is the default now", id, versionOr(d.Origin.Version, d.Origin.Manifest))
 	return res, nil

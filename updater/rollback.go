@@ -32,6 +32,7 @@ func Rollback(ctx context.Context, o Options) (Result, error) {
 		if err := u.boot.DiscardStaged(ctx); err != nil {
 			return res, friendly(err)
 		}
+		u.clearStaged()
 	}
 	first, err := u.bootDeployment(ctx, next)
 	if err != nil {

@@ -61,6 +61,9 @@ type Options struct {
 	Arch string
 	// EFIVars is where efivarfs is mounted (Bless; default the kernel's).
 	EFIVars string
+	// BootID overrides /proc/sys/kernel/random/boot_id: the test hook for
+	// "a reboot happened" between staging and finalize.
+	BootID string
 }
 
 // Updater is an open sysroot: store, deployments and boot partition, with

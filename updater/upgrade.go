@@ -3,10 +3,14 @@ package updater
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/twinroot/twinroot/boot"
 	"github.com/twinroot/twinroot/deploy"
+	"github.com/twinroot/twinroot/objstore"
 	twsync "github.com/twinroot/twinroot/sync"
 	"github.com/twinroot/twinroot/verity"
 )
@@ -114,9 +118,39 @@ func upgrade(ctx context.Context, o Options, uo UpgradeOptions, verb, ref string
 	if err := u.boot.Stage(ctx, first, fallback); err != nil {
 		return res, friendly(err)
 	}
+	if err := u.markStaged(d.ID); err != nil {
+		return res, err
+	}
 	res.RebootNeeded = true
 	res.Message = fmt.Sprintf("staged %s (%s); it boots after the next reboot", d.ID, versionOr(d.Origin.Version, pr.Manifest))
+	u.shareWithContainers(ctx)
 	return res, nil
+}
+
+// shareWithContainers links the store's objects with identical files of
+// container storage (storage.containers in config.toml, under the
+// sysroot: the persistent /var is <sysroot>/var). Best effort: a storage
+// that is absent, busy or unreadable is "no sharing this time", never a
+// failed update.
+func (u *Updater) shareWithContainers(ctx context.Context) {
+	c := u.o.Config.Storage.Containers
+	if c == "" {
+		return
+	}
+	root := filepath.Join(u.o.Sysroot, c)
+	if _, err := os.Stat(root); err != nil {
+		return
+	}
+	u.o.emit("deploy", "sharing files with container storage "+root)
+	r, err := u.store.Dedup(ctx, objstore.DedupOptions{GraphRoot: root, Timeout: 30 * time.Second})
+	switch {
+	case err != nil:
+		u.o.Log.Warn("sharing with container storage failed; the update is not affected", "storage", root, "err", err)
+	case r.Skipped != "":
+		u.o.Log.Info("no sharing with container storage this time", "storage", root, "reason", r.Skipped)
+	default:
+		u.o.Log.Info("shared files with container storage", "storage", root, "hardlinked", r.Hardlinked, "bytes", r.HardlinkedBytes)
+	}
 }
 
 // Switch is Upgrade with a new origin: another image or tag, or an

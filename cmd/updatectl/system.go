@@ -26,6 +26,10 @@ import (
 // mount table is not consulted.
 const cmdlineEnv = "TWINROOT_CMDLINE"
 
+// bootIDEnv replaces /proc/sys/kernel/random/boot_id: the test hook for a
+// reboot (a crash) between upgrade and finalize.
+const bootIDEnv = "TWINROOT_BOOT_ID"
+
 // pullFlags are the registry flags of the verbs that fetch.
 type pullFlags struct {
 	tlsVerify bool
@@ -90,6 +94,7 @@ func (a *app) options(asJSON bool, pf *pullFlags) (updater.Options, error) {
 		s := string(b)
 		o.Cmdline = &s
 	}
+	o.BootID = os.Getenv(bootIDEnv)
 	if pf != nil {
 		o.Pull = pf.options()
 	}

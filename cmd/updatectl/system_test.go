@@ -292,6 +292,19 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("second upgrade: %+v", res)
 	}
 
+	// A crash after staging (the next boot has another boot id): finalize
+	// drops the update and keeps the system; upgrading again stages it anew.
+	t.Setenv(bootIDEnv, "after-a-crash")
+	res = lastResult(t, s.mustCLI(t, "finalize", "--json"))
+	if h = s.status(t); !res.Changed || h.Status.Staged != nil || id(h.Status.Default) != v1ID || !strings.Contains(res.Message, "earlier boot") {
+		t.Fatalf("finalize after a crash: %+v, %s", res, roles(h))
+	}
+	res = lastResult(t, s.mustCLI(t, append([]string{"upgrade", "--json"}, netFlags...)...))
+	dropped := v2ID // a deployment in no role now: gc removes it below
+	if v2ID = res.Deployment; !res.Changed || v2ID == dropped {
+		t.Fatalf("upgrade after the dropped update: %+v", res)
+	}
+
 	// Finalize (at shutdown): v2 first, v1 its fallback.
 	res = lastResult(t, s.mustCLI(t, "finalize", "--json"))
 	if !res.Changed || res.Deployment != v2ID {
@@ -359,14 +372,14 @@ func TestLifecycle(t *testing.T) {
 	reg.push(t, "os/sample:latest", osImage(t, "4", "6.12.4"))
 	v4ID := lastResult(t, s.mustCLI(t, append([]string{"switch", "--json", ref}, netFlags...)...)).Deployment
 	h = s.status(t)
-	if id(h.Status.Booted) != v2ID || id(h.Status.Staged) != v4ID || id(h.Status.Rollback) != v1ID || len(h.Status.Other) != 2 {
+	if id(h.Status.Booted) != v2ID || id(h.Status.Staged) != v4ID || id(h.Status.Rollback) != v1ID || len(h.Status.Other) != 3 {
 		t.Fatalf("before gc: %s, other %d", roles(h), len(h.Status.Other))
 	}
 	t.Logf("before gc:\n%s", s.mustCLI(t, "status"))
 	imagesBefore := h.Status.Store.Images
 	res = lastResult(t, s.mustCLI(t, "gc", "--json"))
 	removed := strings.Join(res.Removed, "\n")
-	for _, want := range []string{"deployment " + v3ID, "deployment " + v5ID, "boot /twinroot/vmlinuz-"} {
+	for _, want := range []string{"deployment " + v3ID, "deployment " + v5ID, "deployment " + dropped, "boot /twinroot/vmlinuz-"} {
 		if !strings.Contains(removed, want) {
 			t.Errorf("gc did not remove %q: %v", want, res.Removed)
 		}
