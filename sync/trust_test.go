@@ -145,11 +145,11 @@ func (r *signedRegistry) copyImage(t *testing.T, gnupgHome string, args ...strin
 // disabled"), so this runs the code upstream skopeo runs for
 // --sign-by-sigstore-private-key: go.podman.io/image's sigstore.NewSigner
 // and copy.Image.
-func (r *signedRegistry) sigstoreCopy(t *testing.T, k sigstoreKey, src, dst string) {
+func (r *signedRegistry) sigstoreCopy(t *testing.T, k sigstoreKey, src, dst string, extra ...sigstore.Option) {
 	t.Helper()
 	ctx := context.Background()
 	pass, _ := os.ReadFile(k.pass)
-	sg, err := sigstore.NewSigner(sigstore.WithPrivateKeyFile(k.priv, pass))
+	sg, err := sigstore.NewSigner(append([]sigstore.Option{sigstore.WithPrivateKeyFile(k.priv, pass)}, extra...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
