@@ -377,3 +377,61 @@ func TestFullPartition(t *testing.T) {
 		t.Errorf("twinroot/ holds %d files, had %d", len(kdir), len(kdirBefore))
 	}
 }
+
+func TestInstallLoader(t *testing.T) {
+	ctx := context.Background()
+	p := openScratch(t, Options{})
+	img := fstest.MapFS{"usr/lib/systemd/boot/efi/systemd-bootx64.efi": {Data: []byte("MZ image's")}}
+	fsys, path, err := LoaderFS(img)
+	if err != nil || path != "usr/lib/systemd/boot/efi/systemd-bootx64.efi" {
+		t.Fatalf("LoaderFS = %q, %v", path, err)
+	}
+	if err := os.MkdirAll(filepath.Join(p.Dir(), "loader"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(p.Dir(), "loader/loader.conf"), []byte("timeout 9\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.InstallLoader(ctx, fsys, path, nil); err != nil {
+		t.Fatal(err)
+	}
+	for f, want := range map[string]string{
+		"EFI/BOOT/BOOTX64.EFI":            "MZ image's",
+		"EFI/systemd/systemd-bootx64.efi": "MZ image's",
+		"loader/loader.conf":              "timeout 9\n", // kept
+	} {
+		if got, err := os.ReadFile(filepath.Join(p.Dir(), f)); err != nil || string(got) != want {
+			t.Errorf("%s = %q, %v; want %q", f, got, err, want)
+		}
+	}
+	// An empty partition gets the default loader.conf; an image without
+	// systemd-boot falls back to the machine's.
+	q := openScratch(t, Options{})
+	if err := q.InstallLoader(ctx, fsys, path, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(q.Dir(), "loader/loader.conf")); string(got) != DefaultLoaderConf {
+		t.Errorf("loader.conf = %q", got)
+	}
+	if _, err := os.Stat(SystemEFIDir + "/" + efiBinaryName); err == nil {
+		if _, path, err := LoaderFS(fstest.MapFS{}); err != nil || path != ImageEFIDir+"/"+efiBinaryName {
+			t.Errorf("LoaderFS of an image without systemd-boot: %q, %v", path, err)
+		}
+	}
+}
+
+func TestNoCounting(t *testing.T) {
+	ctx := context.Background()
+	p := openScratch(t, Options{Tries: -1})
+	a := deployment(t, p, "aaaaaaaaaaaa.0", digestOf(t, 0xaa), testImage("kA", "iA"), "1")
+	if err := p.Apply(ctx, a, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantFiles(t, p, "twinroot1_aaaaaaaaaaaa.0.conf")
+	q := openScratch(t, Options{Tries: 5})
+	b := deployment(t, q, "bbbbbbbbbbbb.0", digestOf(t, 0xbb), testImage("kB", "iB"), "1")
+	if err := q.Apply(ctx, b, nil); err != nil {
+		t.Fatal(err)
+	}
+	wantFiles(t, q, "twinroot1_bbbbbbbbbbbb.0+5.conf")
+}
