@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
+	"github.com/twinroot/twinroot/objstore"
 	"github.com/twinroot/twinroot/verity"
 )
 
@@ -34,6 +35,7 @@ type entry struct {
 
 	inline []byte        // image files: inline content (nil when external or empty)
 	digest verity.Digest // image files: external content's digest, when known
+	inode  *erofs.Inode  // image files: the inode, for objectOpener
 
 	dev, ino uint64 // local files: identity, for hardlinks
 	nlink    uint64
@@ -96,6 +98,14 @@ func join(dir, name string) string {
 	return dir + "/" + name
 }
 
+// objectOpener is what objstore.ImageFS offers beyond fs.FS: opening a
+// file's object by its inode.
+type objectOpener interface {
+	OpenObject(in *erofs.Inode) (*os.File, error)
+}
+
+var _ objectOpener = (*objstore.ImageFS)(nil)
+
 // loadFS reads the tree under prefix ("etc") of an image file system. Its
 // FileInfo.Sys must be an *erofs.Inode (objstore.ImageFS, erofs.Image) or
 // a *syscall.Stat_t (os.DirFS); ok is false when prefix is absent or not
@@ -113,6 +123,16 @@ func loadFS(fsys fs.FS, prefix, name string) (t *tree, ok bool, err error) {
 	}
 	t = &tree{name: name, entries: map[string]*entry{}, fsys: fsys, prefix: prefix}
 	t.open = func(p string) (io.ReadCloser, error) { return fsys.Open(path.Join(prefix, p)) }
+	if oo, ok := fsys.(objectOpener); ok {
+		// External content straight from its object, without a path
+		// lookup in the image.
+		t.open = func(p string) (io.ReadCloser, error) {
+			if e := t.entries[p]; e != nil && e.inode != nil && e.inline == nil && e.size > 0 && e.typ() == unix.S_IFREG {
+				return oo.OpenObject(e.inode)
+			}
+			return fsys.Open(path.Join(prefix, p))
+		}
+	}
 	root, err := entryOfFileInfo(fi)
 	if err != nil {
 		return nil, false, fmt.Errorf("deploy: %s: %w", name, err)
@@ -163,7 +183,7 @@ func entryOfFileInfo(fi fs.FileInfo) (*entry, error) {
 	switch sys := fi.Sys().(type) {
 	case *erofs.Inode:
 		e := &entry{mode: sys.Mode, uid: sys.UID, gid: sys.GID, rdev: uint64(sys.Rdev), size: int64(sys.Size),
-			target: sys.Target, inline: sys.Content, digest: sys.Digest,
+			target: sys.Target, inline: sys.Content, digest: sys.Digest, inode: sys,
 			mtime: unix.Timespec{Sec: sys.Mtime.Sec, Nsec: int64(sys.Mtime.Nsec)}}
 		if e.typ() == unix.S_IFLNK {
 			e.size = int64(len(e.target))

@@ -90,8 +90,12 @@ func (f *ImageFS) Close() error {
 // external reports whether fi is a regular file whose content is an
 // object, and returns its inode.
 func external(fi fs.FileInfo) (*erofs.Inode, bool) {
-	in, ok := fi.Sys().(*erofs.Inode)
-	if !ok || in.Type() != erofs.ModeReg || in.Size == 0 || in.Content != nil {
+	in, _ := fi.Sys().(*erofs.Inode)
+	return externalInode(in)
+}
+
+func externalInode(in *erofs.Inode) (*erofs.Inode, bool) {
+	if in == nil || in.Type() != erofs.ModeReg || in.Size == 0 || in.Content != nil {
 		return in, false
 	}
 	return in, true
@@ -108,6 +112,17 @@ func (f *ImageFS) openObject(op, name string, in *erofs.Inode) (*os.File, error)
 		return nil, &fs.PathError{Op: op, Path: name, Err: fmt.Errorf("image %s: object %s: %w", f.d, in.Payload, err)}
 	}
 	return o, nil
+}
+
+// OpenObject opens the object holding the content of a regular file of
+// this image, given its inode (from FileInfo.Sys): no path lookup in the
+// image, for callers that walked it already. The object is looked up
+// inside the image's own directory only.
+func (f *ImageFS) OpenObject(in *erofs.Inode) (*os.File, error) {
+	if _, ext := externalInode(in); !ext {
+		return nil, fmt.Errorf("objstore: image %s: %w: not a file with external content", f.d, fs.ErrInvalid)
+	}
+	return f.openObject("open", in.Payload, in)
 }
 
 // Open opens the named file, following symlinks inside the image.

@@ -184,6 +184,20 @@ func TestImageFS(t *testing.T) {
 	if in, ok := fi.Sys().(*erofs.Inode); !ok || in.UID != 12 || in.GID != 34 {
 		t.Errorf("Sys() = %#v", fi.Sys())
 	}
+	if o, err := ifs.OpenObject(fi.Sys().(*erofs.Inode)); err != nil {
+		t.Errorf("OpenObject: %v", err)
+	} else {
+		got, _ := io.ReadAll(o)
+		o.Close()
+		if !bytes.Equal(got, files["etc/big"]) {
+			t.Errorf("OpenObject read %d bytes", len(got))
+		}
+	}
+	if fi, _ := ifs.Lstat("etc/small"); fi != nil {
+		if _, err := ifs.OpenObject(fi.Sys().(*erofs.Inode)); err == nil {
+			t.Error("OpenObject of an inline file accepted")
+		}
+	}
 	f, _ := ifs.Open("etc/big")
 	if fi, _ := f.Stat(); fi.Size() != 70000 || fi.Sys().(*erofs.Inode).UID != 12 {
 		t.Errorf("open file's Stat: %v", fi)
