@@ -206,31 +206,25 @@ for f in bin/updatectl bin/twinroot-setup-root; do
 done
 L2_RECIPE="twinroot 1"
 L2_KEY=$(hash_of "$BASE_KEY" "$L2_RECIPE" "$REPO/bin/updatectl" "$REPO/bin/twinroot-setup-root" \
-	"$REPO/dist" "$REPO/test/e2e/guest" "$REPO/Makefile")
+	"$REPO/dist" "$REPO/test/e2e/guest" "$REPO/Makefile" "$REPO/test/e2e/build-images.sh")
 # build_twinroot: layer 2's step, run with MERGED the overlay over the base.
 build_twinroot() {
 	local M=$MERGED
 	cp -a "$REPO/test/e2e/guest/." "$M/"
-	mkdir -p "$M/efi" "$M/sysroot"
-	if [ -d "$REPO/dist" ] && make -s -C "$REPO" -n install >/dev/null 2>&1; then
-		# The updater's own install recipe: binaries, units, hooks as a user gets them.
-		make -s -C "$REPO" install DESTDIR="$M" PREFIX=/usr >&2
+	mkdir -p "$M/sysroot"
+	if [ -f "$REPO/dist/install.sh" ]; then
+		# The updater's own install recipe: binaries and units as a user gets them.
+		(cd "$REPO" && PREFIX=/usr DESTDIR="$M" CLASH_PATH=/usr/bin:/bin bash dist/install.sh >&2)
+		for u in twinroot-finalize.service twinroot-bless-boot.service; do
+			if [ -f "$M/usr/lib/systemd/system/$u" ]; then in_root "$M" systemctl enable "$u" >&2; fi
+		done
 	else
-		install -D -m 0755 "$REPO/bin/twinroot-setup-root" "$M/usr/lib/twinroot/twinroot-setup-root"
-		if [ -e "$M/usr/bin/updatectl" ]; then
-			# systemd's own updatectl (sysupdate) is there: ours is twinroot.
-			install -D -m 0755 "$REPO/bin/updatectl" "$M/usr/bin/twinroot"
-		else
-			install -D -m 0755 "$REPO/bin/updatectl" "$M/usr/bin/updatectl"
-		fi
-		if [ -d "$REPO/dist/initramfs-tools" ]; then
-			cp -a "$REPO/dist/initramfs-tools/." "$M/usr/share/initramfs-tools/"
-		fi
-		if [ -d "$REPO/dist/systemd" ]; then
-			mkdir -p "$M/usr/lib/systemd/system"
-			find "$REPO/dist/systemd" -maxdepth 1 -type f \( -name '*.service' -o -name '*.timer' -o -name '*.target' \) \
-				-exec cp {} "$M/usr/lib/systemd/system/" \;
-		fi
+		install -D -m 0755 "$REPO/bin/updatectl" "$M/usr/bin/updatectl"
+	fi
+	# setup-root and its initramfs-tools hook (dist/initramfs-tools).
+	install -D -m 0755 "$REPO/bin/twinroot-setup-root" "$M/usr/lib/twinroot/twinroot-setup-root"
+	if [ -d "$REPO/dist/initramfs-tools" ]; then
+		cp -a "$REPO/dist/initramfs-tools/." "$M/usr/share/initramfs-tools/"
 	fi
 	# Timers a test guest only gets slower by.
 	for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \

@@ -16,6 +16,7 @@ import (
 // stepPrelude starts every step script: helpers whose lines the host parses.
 const stepPrelude = `set -u
 U=$(command -v updatectl || command -v twinroot || echo updatectl)
+export U
 E2E_FAILED=0
 e2e_mark() { echo "E2E-MARK $*"; }
 # check DESC CMD...: one pass/fail line; the command's output is shown on failure.
@@ -272,7 +273,7 @@ capture blame systemd-analyze blame
 
 // installScript installs v1 from the registry onto the second disk.
 const installScript = `
-umount /efi 2>/dev/null || true
+umount /boot 2>/dev/null || true
 mkdir -p /mnt/sysroot /mnt/boot
 check "target root partition mounts" mount /dev/disk/by-partlabel/root /mnt/sysroot
 check "target ESP mounts (vfat in the guest kernel)" mount -t vfat /dev/disk/by-partlabel/esp /mnt/boot
@@ -282,7 +283,7 @@ e2e_mark install-end
 capture status "$U" --sysroot /mnt/sysroot --boot /mnt/boot status --json
 capture esp find /mnt/boot -type f
 capture entries sh -c 'for f in /mnt/boot/loader/entries/*.conf; do echo "== $f"; cat "$f"; done'
-check "objects are sealed with fs-verity" sh -c 'f=$(find /mnt/sysroot/twinroot/objects -type f | head -n1); "$U" verity measure "$f"'
+check "objects are sealed with fs-verity" sh -c 'f=$(find /mnt/sysroot/twinroot/objects -type f -print -quit); "$U" verity measure "$f"'
 sync
 umount /mnt/boot /mnt/sysroot
 finish
