@@ -190,10 +190,10 @@ sleep 600
 `
 
 const cutFinalizeScript = `
-capture upgrade "$U" upgrade
+capture upgrade "$U" upgrade || exit 1
 e2e_mark cut-start
-systemctl reboot
 touch /run/twinroot-e2e-keep-running
+systemctl reboot
 sleep 600
 `
 

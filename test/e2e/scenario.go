@@ -444,11 +444,13 @@ func (r *run) step1(ctx context.Context, o *outcome) {
 
 const step2UpgradeScript = `
 e2e_mark upgrade-start
-capture upgrade "$U" upgrade --apply
-e2e_mark upgrade-end
-# --apply has asked for the reboot; the finalize runs at shutdown.
-touch /run/twinroot-e2e-keep-running
-sleep 600
+if capture upgrade "$U" upgrade --apply; then
+	e2e_mark upgrade-end
+	# --apply has asked for the reboot; the finalize runs at shutdown.
+	touch /run/twinroot-e2e-keep-running
+	sleep 600
+fi
+exit 1
 `
 
 const step2CheckScript = `
@@ -543,9 +545,11 @@ func (r *run) layerSizes(tag string) (top, all int64) {
 }
 
 const step3SwitchScript = `
-capture switch "$U" switch --apply ` + refV3 + `
-touch /run/twinroot-e2e-keep-running
-sleep 600
+if capture switch "$U" switch --apply ` + refV3 + `; then
+	touch /run/twinroot-e2e-keep-running
+	sleep 600
+fi
+exit 1
 `
 
 const statusScript = `
@@ -605,9 +609,11 @@ func (r *run) step3(ctx context.Context, o *outcome) {
 }
 
 const rollbackScript = `
-capture rollback "$U" rollback --apply
-touch /run/twinroot-e2e-keep-running
-sleep 600
+if capture rollback "$U" rollback --apply; then
+	touch /run/twinroot-e2e-keep-running
+	sleep 600
+fi
+exit 1
 `
 
 func (r *run) step4(ctx context.Context, o *outcome) {
