@@ -293,6 +293,10 @@ func (r *run) step5(ctx context.Context, o *outcome) {
 		}
 		pending = fmt.Sprintf("2.%02d", i)
 		what := fmt.Sprintf("cut %d (%s, +%s)", i, kind, secs(delay))
+		if out, code := section(res.Output, "upgrade"); code > 0 {
+			what := fmt.Sprintf("cut %d: upgrade exited %d before the cut: %s", i, code, lastLines(out, 3))
+			o.fail("%s", what)
+		}
 		switch {
 		case res.Killed && t0 != 0:
 			what += fmt.Sprintf(": power cut %s after the mark", secs(res.KilledAt-t0))

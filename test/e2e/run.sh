@@ -47,29 +47,37 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The registry: loopback only, JSON access log (bytes written per request).
-PORT=$(shuf -i 20000-60000 -n1)
-while (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; do PORT=$(shuf -i 20000-60000 -n1); done
+# The registry: loopback only, JSON access log. A free port can be taken
+# between the check and the bind (other tests run too): then try another.
 mkdir -p "$W/registry"
-cat >"$W/registry.yml" <<EOF
+for attempt in 1 2 3 4 5; do
+	PORT=$(shuf -i 20000-60000 -n1)
+	while (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null; do PORT=$(shuf -i 20000-60000 -n1); done
+	cat >"$W/registry.yml" <<EOF
 version: 0.1
 storage:
   filesystem:
     rootdirectory: $W/registry
-  delete:
-    enabled: true
 http:
   addr: 127.0.0.1:$PORT
 log:
   level: info
   formatter: json
-  accesslog:
-    disabled: false
 EOF
-docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
-REG_PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null || die "registry did not start; see $W/registry.log"
+	docker-registry serve "$W/registry.yml" >"$W/registry.log" 2>&1 &
+	REG_PID=$!
+	for _ in $(seq 100); do
+		curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null && break
+		kill -0 "$REG_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null && break
+	kill "$REG_PID" 2>/dev/null || true
+	wait "$REG_PID" 2>/dev/null || true
+	REG_PID=
+	log "registry did not start on port $PORT (attempt $attempt): $(tail -n1 "$W/registry.log")"
+done
+[ -n "$REG_PID" ] || die "registry did not start; see $W/registry.log"
 tags=(v1 v2 v3)
 for i in $(seq -f %02g 1 "$(cat "$OCI/cuts")"); do tags+=("cut-$i"); done
 for t in "${tags[@]}"; do
