@@ -82,7 +82,10 @@ func acquireLock(ctx context.Context, path string, o LockOptions) (*sysrootLock,
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		if errors.Is(err, os.ErrPermission) || errors.Is(err, unix.EROFS) {
+		if errors.Is(err, unix.EROFS) {
+			return nil, fmt.Errorf("updater: the sysroot lock %s is on a read-only file system (%w); remount it read-write (mount -o remount,rw) or pass the right --sysroot", path, err)
+		}
+		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("%w: cannot open the sysroot lock %s (%w); run as root", ErrNotRoot, path, err)
 		}
 		return nil, fmt.Errorf("updater: lock %s: %w", path, err)

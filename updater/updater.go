@@ -178,7 +178,9 @@ func friendly(err error) error {
 		return fmt.Errorf("%w; mount the boot partition (ESP or XBOOTLDR) there, or pass --boot with the directory where it is mounted", err)
 	case errors.Is(err, twsync.ErrNoSpace), errors.Is(err, boot.ErrNoSpace), errors.Is(err, syscall.ENOSPC):
 		return fmt.Errorf("%w: %w; free space ('updatectl gc' removes deployments and images no longer needed) or grow the file system", ErrNoSpace, err)
-	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EROFS):
+	case errors.Is(err, syscall.EROFS):
+		return fmt.Errorf("%w; remount the sysroot or boot partition read-write (mount -o remount,rw)", err)
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EPERM):
 		return fmt.Errorf("%w: %w; run as root (sudo updatectl ...)", ErrNotRoot, err)
 	case errors.Is(err, objstore.ErrNotFound):
 		return fmt.Errorf("%w: %w", ErrNotInitialised, err)

@@ -278,6 +278,11 @@ func TestLifecycle(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"available":true`) {
 		t.Errorf("upgrade --check with v2 pushed: exit %d: %s", code, out)
 	}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if err := updater.ValidateDocument([]byte(l)); err != nil {
+			t.Errorf("upgrade --check --json: %v: %s", err, l)
+		}
+	}
 	res = lastResult(t, s.mustCLI(t, append([]string{"upgrade", "--json"}, netFlags...)...))
 	v2ID := res.Deployment
 	if !res.Changed || !res.RebootNeeded || v2ID == "" || v2ID == v1ID {
