@@ -233,7 +233,10 @@ func writeContent(f *os.File, t *tree, rel string, e *entry) error {
 	if err != nil {
 		return fmt.Errorf("copying from %s: %w", t.name, err)
 	}
-	if n != e.size {
+	// A local file (a live /etc) may have been rewritten since Merge read
+	// it: its current content is the user's latest. An image's file must
+	// be what its inode says.
+	if n != e.size && t.dir == "" {
 		return fmt.Errorf("copying from %s: %d bytes, expected %d: %w", t.name, n, e.size, errors.New("file changed while copied"))
 	}
 	return nil

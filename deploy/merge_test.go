@@ -487,3 +487,31 @@ func TestMergeBaseWithoutEtc(t *testing.T) {
 		t.Errorf("Merge into an image without /etc: %v", err)
 	}
 }
+
+// TestApplyLiveLocal: a local file rewritten between Merge and Apply (a
+// live /etc) is copied as it is now; a vanished one is an error naming it.
+func TestApplyLiveLocal(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	baseImg := e.image(nil)
+	a := e.create(CreateOptions{Image: baseImg})
+	etc := e.m.EtcDir(a.ID)
+	write(t, filepath.Join(etc, "motd"), "mine\n")
+	write(t, filepath.Join(etc, "gone"), "soon gone\n")
+	fsys, err := e.store.OpenImageFS(ctx, baseImg)
+	must(t, err)
+	defer fsys.Close()
+	plan, err := Merge(fsys, fsys, etc)
+	must(t, err)
+	write(t, filepath.Join(etc, "motd"), "rewritten, and longer\n")
+	out := filepath.Join(t.TempDir(), "etc")
+	must(t, os.Remove(filepath.Join(etc, "gone")))
+	err = Apply(ctx, plan, out)
+	if err == nil || !strings.Contains(err.Error(), "gone") {
+		t.Fatalf("Apply with a vanished local file: %v", err)
+	}
+	write(t, filepath.Join(etc, "gone"), "back\n")
+	out2 := filepath.Join(t.TempDir(), "etc")
+	must(t, Apply(ctx, plan, out2))
+	wantContent(t, filepath.Join(out2, "motd"), "rewritten, and longer\n")
+}
