@@ -147,9 +147,16 @@ func (r *signedRegistry) copyImage(t *testing.T, gnupgHome string, args ...strin
 // and copy.Image.
 func (r *signedRegistry) sigstoreCopy(t *testing.T, k sigstoreKey, src, dst string, extra ...sigstore.Option) {
 	t.Helper()
-	ctx := context.Background()
 	pass, _ := os.ReadFile(k.pass)
-	sg, err := sigstore.NewSigner(append([]sigstore.Option{sigstore.WithPrivateKeyFile(k.priv, pass)}, extra...)...)
+	r.sigstoreKeyless(t, src, dst, append([]sigstore.Option{sigstore.WithPrivateKeyFile(k.priv, pass)}, extra...)...)
+}
+
+// sigstoreKeyless is sigstoreCopy with the signer's options as given (a
+// Fulcio certificate instead of a key file).
+func (r *signedRegistry) sigstoreKeyless(t *testing.T, src, dst string, opts ...sigstore.Option) {
+	t.Helper()
+	ctx := context.Background()
+	sg, err := sigstore.NewSigner(opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
