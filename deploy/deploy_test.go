@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/twinroot/twinroot/erofs"
 	"github.com/twinroot/twinroot/internal/bootarg"
 	"github.com/twinroot/twinroot/objstore"
 )
@@ -84,6 +85,22 @@ func TestDeployedImageKept(t *testing.T) {
 	other := e.image(func(root string) { write(t, filepath.Join(root, "etc/other"), "x") })
 	booted := e.create(CreateOptions{Image: img})
 	plain := e.create(CreateOptions{Image: other})
+	// Booted as setup-root does it: the image mounted (composefs), the
+	// deployment's etc bound onto its /etc, the deployment held.
+	root := t.TempDir()
+	mnt, err := e.store.MountImage(ctx, booted.Image, root, erofs.MountOptions{Verity: erofs.VerityOff})
+	if err != nil {
+		t.Skipf("mounting the image: %v", err)
+	}
+	defer mnt.Unmount()
+	must(t, unix.Mount(e.m.EtcDir(booted.ID), filepath.Join(root, "etc"), "", unix.MS_BIND, ""))
+	etcMounted := true
+	defer func() {
+		if etcMounted {
+			unix.Unmount(filepath.Join(root, "etc"), unix.MNT_DETACH)
+		}
+	}()
+	wantContent(t, filepath.Join(root, "etc/motd"), string(big("welcome")))
 	release, err := e.m.Hold(ctx, booted.ID)
 	must(t, err)
 	for _, d := range []Deployment{booted, plain} {
@@ -118,8 +135,25 @@ func TestDeployedImageKept(t *testing.T) {
 	}
 	must(t, e.store.Remove(ctx, plain.Image))
 	release()
+	// Still booted: its etc is mounted, even with nobody holding the lock.
+	if err := e.m.Remove(ctx, booted.ID); !errors.Is(err, ErrInUse) {
+		t.Fatalf("Remove of the mounted deployment: %v", err)
+	}
+	must(t, unix.Unmount(filepath.Join(root, "etc"), 0))
+	etcMounted = false
 	must(t, e.m.Remove(ctx, booted.ID))
-	must(t, e.store.Remove(ctx, booted.Image))
+	// The image is no longer rooted but still mounted: its removal is
+	// deferred until the unmount.
+	if err := e.store.Remove(ctx, booted.Image); !errors.Is(err, objstore.ErrInUse) {
+		t.Fatalf("store rm of the mounted image: %v", err)
+	}
+	must(t, mnt.Unmount())
+	if _, err := e.store.GC(ctx, objstore.GCOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Image(ctx, booted.Image); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("image after unmount and gc: %v", err)
+	}
 	e.checkClean("after removals")
 }
 
