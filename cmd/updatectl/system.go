@@ -123,6 +123,7 @@ func addSystemCmds(root *cobra.Command, a *app) {
 	root.AddCommand(
 		newStatusCmd(a), newUpgradeCmd(a), newSwitchCmd(a), newRollbackCmd(a),
 		newFinalizeCmd(a), newGCCmd(a), newInstallCmd(a), newBlessCmd(a), newFsckCmd(a),
+		newPinCmd(a, true), newPinCmd(a, false),
 	)
 }
 
@@ -380,6 +381,29 @@ systemd-bless-boot.service is missing.`,
 	}
 }
 
+func newPinCmd(a *app, pin bool) *cobra.Command {
+	var asJSON bool
+	use, short := "pin ID", "Keep a deployment through gc whatever its role"
+	if !pin {
+		use, short = "unpin ID", "Let gc remove a pinned deployment again when it has no role"
+	}
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o, err := a.options(asJSON, nil)
+			if err != nil {
+				return exitFor(err)
+			}
+			res, err := updater.Pin(cmd.Context(), o, args[0], pin)
+			return a.finish(cmd.Context(), res, err, asJSON, false)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
 func newFsckCmd(a *app) *cobra.Command {
 	cmd := newStoreFsckCmd(a)
 	cmd.Short = "Check the object store (same as 'store fsck')"
@@ -567,14 +591,20 @@ func (a *app) progress(asJSON bool) func(updater.Event) {
 			_ = enc.Encode(e)
 		}
 	case isTerminal(a.stderr):
-		bp := newBarProgress(a.stderr)
-		a.bars = bp
+		// Bars for the pull only; phase lines before and after it.
 		return func(e updater.Event) {
 			if e.Pull != nil {
-				bp.event(*e.Pull)
+				if a.bars == nil {
+					a.bars = newBarProgress(a.stderr)
+				}
+				a.bars.event(*e.Pull)
+				if e.Pull.Kind == "done" {
+					a.endProgress()
+				}
 				return
 			}
-			bp.p.Write([]byte(e.Message + "\n")) //nolint:errcheck // terminal output
+			a.endProgress()
+			fmt.Fprintln(a.stderr, e.Message)
 		}
 	default:
 		lp := &lineProgress{w: a.stderr}
