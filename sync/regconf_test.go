@@ -52,6 +52,8 @@ printf '{"ServerURL":"%%s","Username":"helper-user","Secret":"helper-secret"}' "
 	os.Mkdir(dropins, 0o755)
 	os.WriteFile(filepath.Join(dropins, "50-twinroot.conf"), []byte(fmt.Sprintf(`
 credential-helpers = ["twtest"]
+[aliases]
+"sample" = "os.twinroot.test/os/app"
 [[registry]]
 prefix = "*.twinroot.test"
 location = "127.0.0.1:1/unreachable"
@@ -81,6 +83,12 @@ insecure = true
 	b, _ := os.ReadFile(log)
 	if !strings.Contains(string(b), host) {
 		t.Errorf("credential helper asked for %q, want %s", b, host)
+	}
+	// A short name through the drop-in's alias, then the same wildcard
+	// mirror, provenance under the alias target.
+	res, err = Pull(ctx, newStore(t), "sample:v1", append(opts, WithRegistriesConfDir(dropins))...)
+	if err != nil || res.Source != "docker://os.twinroot.test/os/app:v1" || res.Config != want.String() {
+		t.Errorf("short name via alias: %+v %v", res, err)
 	}
 	// Without the drop-in directory nothing maps the name: the pull fails.
 	if _, err := Pull(ctx, newStore(t), "os.twinroot.test/os/app:v1", append(opts, WithRegistriesConfDir(filepath.Join(dir, "none")), WithRetry(0, 0))...); err == nil {
