@@ -69,12 +69,20 @@ func TestServiceRunCost(t *testing.T) {
 	if h := s.status(t); h.Status.Staged == nil || h.Status.Staged.Image.Version != "2" {
 		t.Errorf("upgrade --auto with v2 pushed: %s\n%s", roles(h), out)
 	}
+	// --apply finalizes at once (the switch must not depend on the finalize
+	// unit) and then reboots; the test hook skips only the reboot.
+	t.Setenv(noRebootEnv, "1")
+	reg.push(t, "os/sample:latest", osImage(t, "2.1", "6.12.2"))
+	code, out, errOut := s.cli(t, append([]string{"upgrade", "--apply"}, netFlags...)...)
+	if h := s.status(t); code != 0 || h.Status.Staged != nil || h.Status.Default == nil || h.Status.Default.Image.Version != "2.1" || !strings.Contains(errOut, "rebooting: skipped") {
+		t.Errorf("upgrade --apply: exit %d, %s\n%s%s", code, roles(h), out, errOut)
+	}
 	// auto-apply = "none" only checks.
 	os.MkdirAll(filepath.Join(s.sysroot, "etc", "twinroot"), 0o755)
 	os.WriteFile(filepath.Join(s.sysroot, "etc", "twinroot", "config.toml"), []byte("[update]\nauto-apply = \"none\"\n"), 0o644)
 	reg.push(t, "os/sample:latest", osImage(t, "3", "6.12.3"))
 	out = s.mustCLI(t, append([]string{"upgrade", "--auto"}, netFlags...)...)
-	if h := s.status(t); !strings.Contains(out, "update available") || h.Status.Staged == nil || h.Status.Staged.Image.Version != "2" {
+	if h := s.status(t); !strings.Contains(out, "update available") || h.Status.Staged != nil || h.Status.Default.Image.Version != "2.1" {
 		t.Errorf("auto-apply none: %q, %s", out, roles(h))
 	}
 }

@@ -30,6 +30,9 @@ const cmdlineEnv = "TWINROOT_CMDLINE"
 // reboot (a crash) between upgrade and finalize.
 const bootIDEnv = "TWINROOT_BOOT_ID"
 
+// noRebootEnv=1 makes --apply do everything but the reboot (tests).
+const noRebootEnv = "TWINROOT_TEST_NO_REBOOT"
+
 // pullFlags are the registry flags of the verbs that fetch.
 type pullFlags struct {
 	tlsVerify bool
@@ -431,6 +434,24 @@ func (a *app) finish(ctx context.Context, res updater.Result, err error, asJSON,
 		}
 	}
 	if apply && res.Changed && res.RebootNeeded {
+		if res.Verb == "upgrade" || res.Verb == "switch" {
+			// Rebooting now: finalize now, so the switch does not depend on
+			// twinroot-finalize.service being enabled (at shutdown it then
+			// finds nothing staged).
+			o, err := a.options(asJSON, nil)
+			if err != nil {
+				return exitFor(err)
+			}
+			fr, err := updater.Finalize(ctx, o)
+			if err != nil {
+				return exitFor(fmt.Errorf("finalizing before the reboot: %w (nothing was switched; the system boots as before)", err))
+			}
+			fmt.Fprintln(a.stderr, fr.Message)
+		}
+		if os.Getenv(noRebootEnv) == "1" {
+			fmt.Fprintln(a.stderr, "rebooting: skipped ($"+noRebootEnv+"=1)")
+			return nil
+		}
 		fmt.Fprintln(a.stderr, "rebooting")
 		if err := updater.Reboot(ctx); err != nil {
 			return err
