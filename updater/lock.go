@@ -25,6 +25,7 @@ type Holder struct {
 	Since time.Time
 }
 
+// String names the holder for messages: "pid 42 (upgrade, since ...)".
 func (h Holder) String() string {
 	if h.PID == 0 {
 		return "another updatectl run (unknown pid)"
@@ -58,8 +59,8 @@ func parseHolder(b []byte) Holder {
 	return h
 }
 
-// sysrootLock is the exclusive flock every state-changing operation (and
-// status, shared) holds on <store>/lock.
+// sysrootLock is the exclusive flock every state-changing operation holds
+// on <store>/lock.
 type sysrootLock struct {
 	f *os.File
 }
@@ -68,14 +69,13 @@ type sysrootLock struct {
 type LockOptions struct {
 	Verb   string // written into the lock for a waiting run's message
 	NoWait bool   // fail at once with ErrLocked instead of waiting
-	Shared bool   // a reader (status): waits only for writers
 	// Waiting is called once when the lock is busy and the call is going
 	// to wait, naming the holder.
 	Waiting func(Holder)
 }
 
 // acquireLock takes the lock at path (creating it), waiting until ctx is
-// done unless NoWait. A writer records its pid and verb in the file.
+// done unless NoWait. The holder records its pid and verb in the file.
 func acquireLock(ctx context.Context, path string, o LockOptions) (*sysrootLock, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("updater: lock %s: %w", path, err)
@@ -91,9 +91,6 @@ func acquireLock(ctx context.Context, path string, o LockOptions) (*sysrootLock,
 		return nil, fmt.Errorf("updater: lock %s: %w", path, err)
 	}
 	how := unix.LOCK_EX
-	if o.Shared {
-		how = unix.LOCK_SH
-	}
 	err = unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 	if errors.Is(err, unix.EWOULDBLOCK) {
 		h := readHolder(path)
@@ -110,11 +107,9 @@ func acquireLock(ctx context.Context, path string, o LockOptions) (*sysrootLock,
 		f.Close()
 		return nil, fmt.Errorf("updater: lock %s: %w", path, err)
 	}
-	if !o.Shared {
-		h := formatHolder(Holder{PID: os.Getpid(), Verb: o.Verb, Since: time.Now()})
-		if err := f.Truncate(0); err == nil {
-			_, _ = f.WriteAt(h, 0) // advisory: a waiting run's message; never fsynced
-		}
+	h := formatHolder(Holder{PID: os.Getpid(), Verb: o.Verb, Since: time.Now()})
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt(h, 0) // advisory: a waiting run's message; never fsynced
 	}
 	return &sysrootLock{f: f}, nil
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // Status reports the booted, staged, rollback and default deployments and
-// the store's usage. It takes the sysroot lock shared.
+// the store's usage. It takes no lock (see open).
 func Status(ctx context.Context, o Options) (Host, error) {
 	u, err := open(ctx, o, "status", false, true)
 	if err != nil {

@@ -5,9 +5,10 @@
 // adds is the policy (which deployment is booted, staged, rollback; what
 // gc keeps), the sysroot lock, and errors that name the fix.
 //
-// Every operation runs under the sysroot lock (<store>/lock): writers
-// exclusively, status shared. A second run waits, told who holds the lock,
-// or fails at once with ErrLocked when LockOptions.NoWait is set.
+// Every operation that changes the system runs under the sysroot lock
+// (<store>/lock, exclusive); status and check read without it. A second
+// writer waits, told who holds the lock, or fails at once with ErrLocked
+// when LockOptions.NoWait is set.
 package updater
 
 import (
@@ -102,14 +103,13 @@ func (o *Options) emit(phase, msg string) {
 }
 
 // open takes the lock and opens store, deployments and boot partition.
-// create initialises a missing store (install); shared takes the lock for
-// reading (status).
+// create initialises a missing store (install); shared (status, check)
+// takes no lock.
 func open(ctx context.Context, o Options, verb string, create, shared bool) (*Updater, error) {
 	o.defaults()
 	if o.Lock.Verb == "" {
 		o.Lock.Verb = verb
 	}
-	o.Lock.Shared = shared
 	if !create {
 		if _, err := os.Stat(filepath.Join(o.Store, "store.json")); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s has no twinroot store; install a system first with 'updatectl --sysroot %s install REF', or pass the right --sysroot",
@@ -122,11 +122,18 @@ func open(ctx context.Context, o Options, verb string, create, shared bool) (*Up
 			log.Warn("waiting for the sysroot lock", "holder", h.String())
 		}
 	}
-	l, err := acquireLock(ctx, filepath.Join(o.Store, LockFile), o.Lock)
-	if err != nil {
-		return nil, err
+	// Readers take no lock: every change they could see is an atomic
+	// rename (deployments, image directories, the entry set exchange), so
+	// status answers at once even while a long upgrade runs.
+	var l *sysrootLock
+	if !shared {
+		var err error
+		if l, err = acquireLock(ctx, filepath.Join(o.Store, LockFile), o.Lock); err != nil {
+			return nil, err
+		}
 	}
 	u := &Updater{o: o, lock: l}
+	var err error
 	u.store, err = objstore.Open(ctx, o.Store, objstore.Options{Logger: o.Log, Create: create})
 	if err != nil {
 		l.release()

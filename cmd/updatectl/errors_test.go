@@ -243,6 +243,10 @@ func TestLockTwoProcesses(t *testing.T) {
 		t.Fatal("the upgrade never asked the registry")
 	}
 
+	// status reads without the lock: it answers while the upgrade holds it.
+	if code, out, errOut := s.cli(t, "status"); code != 0 || !strings.Contains(out, "Default image") {
+		t.Errorf("status during the upgrade: exit %d: %s%s", code, out, errOut)
+	}
 	// --no-wait: fails at once, naming the holder.
 	code, _, errOut := s.cli(t, "--no-wait", "gc")
 	wantError(t, "gc --no-wait", code, errOut, exitLocked, "locked", "pid "+strconv.Itoa(up.Process.Pid), "upgrade")
