@@ -213,16 +213,6 @@ func lastResult(t *testing.T, out string) updater.Result {
 	return res
 }
 
-func count(l []string, prefix string) int {
-	n := 0
-	for _, s := range l {
-		if strings.HasPrefix(s, prefix) {
-			n++
-		}
-	}
-	return n
-}
-
 func id(e *updater.BootEntry) string {
 	if e == nil {
 		return "-"
