@@ -24,6 +24,7 @@ import (
 type ImageFS struct {
 	d    verity.Digest
 	img  *erofs.Image
+	m    *mappedFile // image.cfs, which img reads
 	dir  *os.Root
 	lock *os.File
 }
@@ -64,13 +65,66 @@ func (s *Store) OpenImageFS(ctx context.Context, d verity.Digest) (*ImageFS, err
 		f.Close()
 		return nil, fmt.Errorf("objstore: image %s: %w", d, err)
 	}
-	img, err := erofs.OpenFile(filepath.Join(dir, fileImage))
+	m, err := mapFile(filepath.Join(dir, fileImage))
 	if err != nil {
 		root.Close()
 		f.Close()
 		return nil, fmt.Errorf("objstore: image %s: %w", d, err)
 	}
-	return &ImageFS{d: d, img: img, dir: root, lock: f}, nil
+	img, err := erofs.Open(m, int64(len(m.b)))
+	if err != nil {
+		m.Close()
+		root.Close()
+		f.Close()
+		return nil, fmt.Errorf("objstore: image %s: %w", d, err)
+	}
+	return &ImageFS{d: d, img: img, dir: root, lock: f, m: m}, nil
+}
+
+// mappedFile is a read-only memory map of a whole file, as an io.ReaderAt:
+// the EROFS reader makes many small reads (an inode, a directory block),
+// which through a file would each be a pread. Committed image files are
+// never written or truncated, so the mapping cannot fault.
+type mappedFile struct{ b []byte }
+
+func mapFile(path string) (*mappedFile, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() == 0 {
+		return nil, fmt.Errorf("%s: %w: empty image file", path, ErrCorrupt)
+	}
+	b, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %s: %w", path, err)
+	}
+	return &mappedFile{b: b}, nil
+}
+
+func (m *mappedFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (m *mappedFile) Close() error {
+	if m.b == nil {
+		return nil
+	}
+	err := unix.Munmap(m.b)
+	m.b = nil
+	return err
 }
 
 // Image returns the underlying EROFS image (its tree, without content).
@@ -79,6 +133,10 @@ func (f *ImageFS) Image() *erofs.Image { return f.img }
 // Close releases the image and its lock.
 func (f *ImageFS) Close() error {
 	err := f.img.Close()
+	if f.m != nil {
+		f.m.Close()
+		f.m = nil
+	}
 	f.dir.Close()
 	if f.lock != nil {
 		f.lock.Close()
