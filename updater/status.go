@@ -83,7 +83,17 @@ func (u *Updater) state(ctx context.Context) (*state, error) {
 		s.rollbk = s.entries[1].ID
 	}
 	if len(s.staged) > 0 && s.staged[0].ID != s.def {
-		s.stagedD = s.staged[0].ID
+		// A set staged in an earlier boot is dropped by finalize: it is
+		// not staged, and an upgrade stages the update again.
+		ok, err := u.stagedThisBoot(s.staged[0].ID)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			s.stagedD = s.staged[0].ID
+		} else {
+			s.warn = append(s.warn, fmt.Sprintf("the staged entries for %s were made during an earlier boot; finalize discards them, and the next upgrade stages the update again", s.staged[0].ID))
+		}
 	}
 	for _, w := range s.warn {
 		u.o.Log.Warn(w)

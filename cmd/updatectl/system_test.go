@@ -300,6 +300,9 @@ func TestLifecycle(t *testing.T) {
 	// A crash after staging (the next boot has another boot id): finalize
 	// drops the update and keeps the system; upgrading again stages it anew.
 	t.Setenv(bootIDEnv, "after-a-crash")
+	if h = s.status(t); h.Status.Staged != nil {
+		t.Errorf("a set staged before the crash shows as staged: %s", roles(h))
+	}
 	res = lastResult(t, s.mustCLI(t, "finalize", "--json"))
 	if h = s.status(t); !res.Changed || h.Status.Staged != nil || id(h.Status.Default) != v1ID || !strings.Contains(res.Message, "earlier boot") {
 		t.Fatalf("finalize after a crash: %+v, %s", res, roles(h))
@@ -308,6 +311,14 @@ func TestLifecycle(t *testing.T) {
 	dropped := v2ID // a deployment in no role now: gc removes it below
 	if v2ID = res.Deployment; !res.Changed || v2ID == dropped {
 		t.Fatalf("upgrade after the dropped update: %+v", res)
+	}
+	// Another crash, and this time upgrade runs before any finalize: the
+	// stale staged set does not count as staged, so it stages again.
+	t.Setenv(bootIDEnv, "after-a-second-crash")
+	res = lastResult(t, s.mustCLI(t, append([]string{"upgrade", "--json"}, netFlags...)...))
+	dropped2 := v2ID
+	if v2ID = res.Deployment; !res.Changed || v2ID == dropped2 {
+		t.Fatalf("upgrade over a set staged before a crash: %+v", res)
 	}
 
 	// Finalize (at shutdown): v2 first, v1 its fallback.
@@ -377,7 +388,7 @@ func TestLifecycle(t *testing.T) {
 	reg.push(t, "os/sample:latest", osImage(t, "4", "6.12.4"))
 	v4ID := lastResult(t, s.mustCLI(t, append([]string{"switch", "--json", ref}, netFlags...)...)).Deployment
 	h = s.status(t)
-	if id(h.Status.Booted) != v2ID || id(h.Status.Staged) != v4ID || id(h.Status.Rollback) != v1ID || len(h.Status.Other) != 3 {
+	if id(h.Status.Booted) != v2ID || id(h.Status.Staged) != v4ID || id(h.Status.Rollback) != v1ID || len(h.Status.Other) != 4 {
 		t.Fatalf("before gc: %s, other %d", roles(h), len(h.Status.Other))
 	}
 	t.Logf("before gc:\n%s", s.mustCLI(t, "status"))
@@ -395,7 +406,7 @@ func TestLifecycle(t *testing.T) {
 	if strings.Contains(first, v3ID) {
 		t.Errorf("gc removed the pinned %s: %v", v3ID, res.Removed)
 	}
-	for _, want := range []string{"deployment " + v5ID, "deployment " + dropped, "boot /twinroot/vmlinuz-"} {
+	for _, want := range []string{"deployment " + v5ID, "deployment " + dropped, "deployment " + dropped2, "boot /twinroot/vmlinuz-"} {
 		if !strings.Contains(first, want) {
 			t.Errorf("gc did not remove %q: %v", want, res.Removed)
 		}
