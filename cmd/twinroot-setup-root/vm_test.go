@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -419,11 +420,14 @@ func physicalOffset(t *testing.T, p string, off int64) int64 {
 }
 
 // TestSetupRootBenchVM is the setup-root benchmark (bench/setup-root.sh):
-// with TWINROOT_BENCH_SETUPROOT=N it boots the guest once and runs the
-// binary N times on the fixture (tearing the root down between runs), and
-// prints the medians of the time until the new root is in place, of the
-// EROFS+overlay mount step, of their difference, and of the wall time of
-// the process as the caller sees it. Timings are printed, never asserted.
+// with TWINROOT_BENCH_SETUPROOT=N it boots the guest once, makes the
+// fixture with benchFiles more small files (so image.cfs has the size of a
+// small OS image's), and runs the binary N times with warm caches and N
+// times after dropping the page cache (as at boot), tearing the root down
+// between runs. It prints, for each, the medians of the time until the new
+// root is in place, of the EROFS+overlay mount step, of their difference,
+// and of the wall time of the process as the caller sees it, and the
+// steps of the median cold run. Timings are printed, never asserted.
 func TestSetupRootBenchVM(t *testing.T) {
 	runs, _ := strconv.Atoi(os.Getenv(envBenchRuns))
 	if !vmtest.InGuest() {
@@ -431,34 +435,62 @@ func TestSetupRootBenchVM(t *testing.T) {
 			t.Skipf("benchmark: set %s=<runs> (bench/setup-root.sh does)", envBenchRuns)
 		}
 		bin, disk := vmHost(t)
-		vmtest.RunTestInGuest(t, vmConfig(bin, disk, envBenchRuns+"="+strconv.Itoa(runs)))
+		cfg := vmConfig(bin, disk, envBenchRuns+"="+strconv.Itoa(runs))
+		cfg.Timeout = 600 * time.Second
+		vmtest.RunTestInGuest(t, cfg)
 		return
 	}
 	mountPhysicalRoot(t, guestSysroot)
-	fx := makeFixture(t, guestSysroot)
-	var totals, mounts, overheads, walls []float64
-	for i := range runs {
-		begin := time.Now()
-		r := runBinary(t, guestBin, fx.cmdline())
-		wall := time.Since(begin)
-		if r.code != 0 {
-			t.Fatalf("run %d: exit status %d", i, r.code)
-		}
-		steps, total, err := stepTimes(r.output)
-		if err != nil {
-			t.Fatal(err)
-		}
-		totals, mounts = append(totals, total), append(mounts, steps["mount"])
-		overheads = append(overheads, total-steps["mount"])
-		walls = append(walls, float64(wall.Microseconds())/1000)
-		unmountAll(t, guestSysroot)
-		if err := unix.Mount(guestDisk, guestSysroot, "ext4", 0, ""); err != nil {
-			t.Fatal(err)
-		}
+	files := maps.Clone(imageFiles)
+	for i := range benchFiles {
+		files[fmt.Sprintf("usr/share/bench/%02x/f%d", i%97, i)] = []byte(fmt.Sprintf("small file %d\n", i))
 	}
-	t.Logf("BENCH setup-root runs=%d root-in-place-ms=%.2f mount-ms=%.2f overhead-ms=%.2f process-wall-ms=%.2f (medians; overhead = root in place - EROFS+overlay mount)",
-		runs, median(totals), median(mounts), median(overheads), median(walls))
+	fx := makeFixtureOf(t, guestSysroot, files)
+	if fi, err := os.Stat(filepath.Join(guestSysroot, storeDir, imagesDir, fx.arg.Image.Hex(), imageFile)); err == nil {
+		t.Logf("image.cfs: %d bytes, %d files", fi.Size(), len(files))
+	}
+	for _, cold := range []bool{false, true} {
+		var totals, mounts, overheads, walls []float64
+		var stepLines []string
+		for i := range runs {
+			if cold {
+				unix.Sync()
+				if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			begin := time.Now()
+			r := runBinary(t, guestBin, fx.cmdline())
+			wall := time.Since(begin)
+			if r.code != 0 {
+				t.Fatalf("run %d: exit status %d", i, r.code)
+			}
+			steps, total, err := stepTimes(r.output)
+			if err != nil {
+				t.Fatal(err)
+			}
+			totals, mounts = append(totals, total), append(mounts, steps["mount"])
+			overheads = append(overheads, total-steps["mount"])
+			walls = append(walls, float64(wall.Microseconds())/1000)
+			stepLines = append(stepLines, fmt.Sprintf("%09.3f %v", total, steps)) // sorts by total
+			unmountAll(t, guestSysroot)
+			if err := unix.Mount(guestDisk, guestSysroot, "ext4", 0, ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		kind := "warm"
+		if cold {
+			kind = "cold"
+			slices.Sort(stepLines)
+			t.Logf("cold run steps (total ms, step ms), median: %s", stepLines[len(stepLines)/2])
+		}
+		t.Logf("BENCH setup-root %s runs=%d root-in-place-ms=%.2f mount-ms=%.2f overhead-ms=%.2f process-wall-ms=%.2f (medians; overhead = root in place - EROFS+overlay mount)",
+			kind, runs, median(totals), median(mounts), median(overheads), median(walls))
+	}
 }
+
+// benchFiles is how many small files the benchmark adds to the image.
+const benchFiles = 3000
 
 func median(v []float64) float64 {
 	if len(v) == 0 {
