@@ -84,6 +84,18 @@ var mergeCases = []mergeCase{
 		sources: map[string]Source{"motd": FromLocal, "hosts": FromNew, "passwd": FromNew, ".": FromNew},
 	},
 	{
+		name: "modified locally in place, same size",
+		local: func(t *testing.T, etc string) {
+			write(t, filepath.Join(etc, "motd"), string(big("welcomX")))
+			write(t, filepath.Join(etc, "hosts"), "127.0.0.2 localhost\n")
+		},
+		check: func(t *testing.T, etc string) {
+			wantContent(t, filepath.Join(etc, "motd"), string(big("welcomX")))
+			wantContent(t, filepath.Join(etc, "hosts"), "127.0.0.2 localhost\n")
+		},
+		sources: map[string]Source{"motd": FromLocal, "hosts": FromLocal, "passwd": FromNew},
+	},
+	{
 		name: "added on both sides",
 		newImage: func(t *testing.T, root string) {
 			write(t, filepath.Join(root, "etc/conf.d/from-image.conf"), "image\n")

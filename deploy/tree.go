@@ -348,8 +348,23 @@ func sameContent(ta *tree, a *entry, tb *tree, b *entry, p string, buf []byte) (
 	if a.inline != nil && b.inline != nil {
 		return bytes.Equal(a.inline, b.inline), nil
 	}
-	if b.inline != nil {
+	if b.inline != nil || (a.digest.IsZero() && !b.digest.IsZero()) {
 		ta, a, tb, b = tb, b, ta, a
+	}
+	// a has its content's digest (an image's external file), b does not (a
+	// local file): hash b instead of reading a's object too.
+	if !a.digest.IsZero() && b.inline == nil {
+		rb, err := tb.open(p)
+		if err != nil {
+			return false, fmt.Errorf("deploy: %s: %s: %w", tb.name, p, err)
+		}
+		defer rb.Close()
+		h := verity.New(a.digest.Algorithm())
+		n, err := io.CopyBuffer(h, rb, buf)
+		if err != nil {
+			return false, fmt.Errorf("deploy: %s: %s: %w", tb.name, p, err)
+		}
+		return n == a.size && h.Sum() == a.digest, nil
 	}
 	rb, err := tb.open(p)
 	if err != nil {
