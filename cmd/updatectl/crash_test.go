@@ -48,20 +48,23 @@ func TestCrashUpgradeFinalize(t *testing.T) {
 		}
 		return time.Since(start)
 	}
-	// killed starts a verb and SIGKILLs it after a random part of d,
-	// counting the kills that hit a running process.
+	// killed starts a verb and SIGKILLs it after a random part of *d,
+	// counting the kills that hit a running process. A kill that came too
+	// late halves *d: later runs are faster (layers already unpacked).
 	hits := map[string]int{}
-	killed := func(d time.Duration, verb ...string) {
+	killed := func(d *time.Duration, verb ...string) {
 		t.Helper()
 		cmd := child(s, verb...)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(rand.Int64N(int64(d) + 1)))
+		time.Sleep(time.Duration(rand.Int64N(int64(*d) + 1)))
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			hits[verb[0]]++
+		} else {
+			*d /= 2
 		}
 	}
 	// consistent checks the state a crash left and returns the default.
@@ -93,7 +96,7 @@ func TestCrashUpgradeFinalize(t *testing.T) {
 		rounds = 4
 	}
 	for i := range rounds {
-		killed(d, up...)
+		killed(&d, up...)
 		h := consistent("upgrade killed")
 		if id(h.Status.Default) != v1 {
 			t.Fatalf("round %d: an interrupted upgrade changed the default to %s", i, id(h.Status.Default))
@@ -107,7 +110,7 @@ func TestCrashUpgradeFinalize(t *testing.T) {
 		if staged == "-" || id(h.Status.Default) != v1 {
 			t.Fatalf("round %d: upgrade after kills: %s", i, roles(h))
 		}
-		killed(fd, "finalize")
+		killed(&fd, "finalize")
 		h = consistent("finalize killed")
 		if def := id(h.Status.Default); def != v1 && def != staged {
 			t.Fatalf("round %d: after a killed finalize the default is %s, neither %s nor %s", i, def, v1, staged)
