@@ -359,12 +359,19 @@ func sameContent(ta *tree, a *entry, tb *tree, b *entry, p string, buf []byte) (
 			return false, fmt.Errorf("deploy: %s: %s: %w", tb.name, p, err)
 		}
 		defer rb.Close()
+		// Through buf: the Hasher's own ReadFrom allocates a buffer per call.
 		h := verity.New(a.digest.Algorithm())
-		n, err := io.CopyBuffer(h, rb, buf)
-		if err != nil {
-			return false, fmt.Errorf("deploy: %s: %s: %w", tb.name, p, err)
+		for {
+			n, err := rb.Read(buf)
+			h.Write(buf[:n])
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return false, fmt.Errorf("deploy: %s: %s: %w", tb.name, p, err)
+			}
 		}
-		return n == a.size && h.Sum() == a.digest, nil
+		return h.Size() == a.size && h.Sum() == a.digest, nil
 	}
 	rb, err := tb.open(p)
 	if err != nil {
