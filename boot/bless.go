@@ -89,8 +89,8 @@ func (p *Partition) Bless(ctx context.Context) error {
 	if _, err := os.Stat(filepath.Join(dir, file)); err != nil {
 		return fmt.Errorf("%w: %s names %s, which is not in %s", ErrNotBooted, BootCountVar, file, dir)
 	}
-	if err := os.Rename(filepath.Join(dir, file), filepath.Join(dir, good.String())); err != nil {
-		return fmt.Errorf("boot: %w", err)
+	if err := rename(filepath.Join(dir, file), filepath.Join(dir, good.String())); err != nil {
+		return err
 	}
 	if err := syncDir(dir); err != nil {
 		return err

@@ -259,7 +259,7 @@ func checkBootable(t *testing.T, esp string) {
 // RENAME_EXCHANGE and once with the ordered renames used where a file
 // system cannot exchange.
 func TestCrashSafety(t *testing.T) {
-	kills := 300
+	kills := 200
 	if testing.Short() {
 		kills = 40
 	}

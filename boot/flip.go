@@ -77,8 +77,8 @@ func (p *Partition) Stage(ctx context.Context, first Deployment, fallback *Deplo
 	if err := os.RemoveAll(staged); err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
-	if err := os.Rename(build, staged); err != nil {
-		return fmt.Errorf("boot: %w", err)
+	if err := rename(build, staged); err != nil {
+		return err
 	}
 	ok = true
 	if err := syncDir(loader); err != nil {
@@ -156,8 +156,8 @@ func (p *Partition) CommitStaged(ctx context.Context) error {
 			want = counterFor(e.Name, isFirst, c, true, p.tries())
 		}
 		if want != e.Name {
-			if err := os.Rename(filepath.Join(stDir, e.File), filepath.Join(stDir, want.String())); err != nil {
-				return fmt.Errorf("boot: %w", err)
+			if err := rename(filepath.Join(stDir, e.File), filepath.Join(stDir, want.String())); err != nil {
+				return err
 			}
 			p.log.Debug("boot: staged entry renamed from the current set", "from", e.File, "to", want.String())
 			e.Name, e.File = want, want.String()
@@ -174,8 +174,8 @@ func (p *Partition) CommitStaged(ctx context.Context) error {
 		files = append(files, e.File)
 	}
 	if _, err := os.Stat(curDir); errors.Is(err, fs.ErrNotExist) {
-		if err := os.Rename(stDir, curDir); err != nil {
-			return fmt.Errorf("boot: %w", err)
+		if err := rename(stDir, curDir); err != nil {
+			return err
 		}
 		if err := syncDir(loader); err != nil {
 			return err

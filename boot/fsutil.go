@@ -16,8 +16,38 @@ import (
 )
 
 // The boot partition is usually vfat: no chmod, no hardlinks, no O_TMPFILE.
-// Files are written under a temporary name, fsynced, renamed into place and
-// the directory fsynced (syncDir) by the caller.
+// Files are written under a temporary name, fsynced, renamed into place
+// (rename: the renamed file or directory is fsynced again) and the
+// directory fsynced (syncDir) by the caller.
+//
+// Why fsync after the rename: vfat keeps a file's start cluster and size in
+// its directory entry, and a rename writes the new entry with neither; they
+// are filled in when the renamed inode is written back. An fsync of the
+// directory alone makes the new name durable with an empty file behind it
+// (TestVfatPowerCutVM found entries with no content after a power cut).
+
+// rename renames oldpath to newpath and fsyncs what now has the new name,
+// so its vfat directory entry is complete on disk; the caller fsyncs the
+// parent.
+func rename(oldpath, newpath string) error {
+	if err := os.Rename(oldpath, newpath); err != nil {
+		return fmt.Errorf("boot: %w", err)
+	}
+	return syncPath(newpath)
+}
+
+// syncPath fsyncs a file or directory.
+func syncPath(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("boot: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("boot: fsync %s: %w", p, err)
+	}
+	return nil
+}
 
 // syncDir fsyncs a directory, making renames and new names in it durable.
 func syncDir(dir string) error {
@@ -93,9 +123,9 @@ func writeFile(ctx context.Context, dir, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+	if err := rename(tmp, filepath.Join(dir, name)); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("boot: %w", err)
+		return err
 	}
 	return nil
 }
@@ -145,7 +175,8 @@ func sleepCtx(ctx context.Context) error {
 	}
 }
 
-// exchange swaps the names a and b in dir atomically.
+// exchange swaps the names a and b in dir atomically and fsyncs both (see
+// rename); the caller fsyncs dir.
 func exchange(dir, a, b string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -156,7 +187,10 @@ func exchange(dir, a, b string) error {
 	if err := unix.Renameat2(fd, a, fd, b, unix.RENAME_EXCHANGE); err != nil {
 		return &os.LinkError{Op: "renameat2 RENAME_EXCHANGE", Old: filepath.Join(dir, a), New: filepath.Join(dir, b), Err: err}
 	}
-	return nil
+	if err := syncPath(filepath.Join(dir, a)); err != nil {
+		return err
+	}
+	return syncPath(filepath.Join(dir, b))
 }
 
 // exchangeUnsupported reports whether err says the file system cannot

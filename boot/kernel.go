@@ -143,9 +143,9 @@ func copyVerified(ctx context.Context, fsys fs.FS, f *kernelFile, dir string) er
 		os.Remove(tmp)
 		return fmt.Errorf("boot: /%s changed while it was copied (sha256 %s, %d bytes; was %s, %d)", f.src, got, n, f.sum, f.size)
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, f.name)); err != nil {
+	if err := rename(tmp, filepath.Join(dir, f.name)); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("boot: %w", err)
+		return err
 	}
 	return nil
 }
