@@ -169,7 +169,7 @@ type entrySet struct {
 	gen     int
 	bases   []string // from the set file, in boot order
 	entries []InstalledEntry
-	extra   []string // .conf files whose base the set file does not list
+	extra   []string // .conf files whose base the set file does not list, or that do not parse
 }
 
 // readSet reads dir (loader/entries or loader/entries.staged). A missing
@@ -212,7 +212,10 @@ func readSet(dir string) (entrySet, error) {
 		}
 		e, err := ParseEntry(data)
 		if err != nil {
-			return s, fmt.Errorf("boot: %s: %w", filepath.Join(dir, name), err)
+			// systemd-boot skips an entry it cannot parse; so do we, and the
+			// next commit drops it with the other extras.
+			s.extra = append(s.extra, name)
+			continue
 		}
 		ie := InstalledEntry{File: name, Name: n, Entry: e}
 		if a, err := bootarg.Parse(e.Options()); err == nil {

@@ -435,3 +435,26 @@ func TestNoCounting(t *testing.T) {
 	}
 	wantFiles(t, q, "twinroot1_bbbbbbbbbbbb.0+5.conf")
 }
+
+// TestBrokenEntry: an entry file that does not parse (damage, or another
+// tool's) is left out of Entries, and the next commit removes it.
+func TestBrokenEntry(t *testing.T) {
+	ctx := context.Background()
+	p := openScratch(t, Options{})
+	a := deployment(t, p, "aaaaaaaaaaaa.0", digestOf(t, 0xaa), testImage("kA", "iA"), "1")
+	if err := p.Apply(ctx, a, nil); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(p.Dir(), "loader/entries/twinroot1_aaaaaaaaaaaa.0.conf")
+	if err := os.WriteFile(bad, []byte("title \xff\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := entryFiles(t, p); !reflect.DeepEqual(got, []string{"twinroot1_aaaaaaaaaaaa.0+3.conf"}) {
+		t.Fatalf("entries %q", got)
+	}
+	b := deployment(t, p, "bbbbbbbbbbbb.0", digestOf(t, 0xbb), testImage("kB", "iB"), "2")
+	if err := p.Apply(ctx, b, &a); err != nil {
+		t.Fatal(err)
+	}
+	wantFiles(t, p, "twinroot1_bbbbbbbbbbbb.0+3.conf", "twinroot0_aaaaaaaaaaaa.0+3.conf")
+}
