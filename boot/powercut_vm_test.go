@@ -19,9 +19,14 @@ import (
 	"github.com/twinroot/twinroot/internal/vmtest"
 )
 
-// envPowerCuts sets the number of power cuts of TestVfatPowerCutVM (it
-// is skipped without it: each cut is a guest boot, 10-20 s here).
+// envPowerCuts sets the number of power cuts of TestVfatPowerCutVM
+// (defaultPowerCuts when unset, 0 skips it): each cut is a guest boot,
+// 10-20 s here.
 const envPowerCuts = "TWINROOT_BOOT_POWERCUTS"
+
+// defaultPowerCuts is enough to catch the vfat rename problem (without the
+// fsync after a rename the first cut found it, every time it was tried).
+const defaultPowerCuts = 3
 
 // readyWriter watches the guest console for the crash child's first line.
 type readyWriter struct {
@@ -59,9 +64,15 @@ func TestVfatPowerCutVM(t *testing.T) {
 		}
 		return
 	}
-	n, _ := strconv.Atoi(os.Getenv(envPowerCuts))
+	n := defaultPowerCuts
+	if v, ok := os.LookupEnv(envPowerCuts); ok {
+		n, _ = strconv.Atoi(v)
+	}
 	if n <= 0 {
-		t.Skipf("set %s=N to cut the power N times (a guest boot each)", envPowerCuts)
+		t.Skipf("%s=%q: no power cuts", envPowerCuts, os.Getenv(envPowerCuts))
+	}
+	if _, err := vmtest.Prepare(t.Context()); err != nil {
+		t.Skipf("no guest kernel: %v", err)
 	}
 	for _, tool := range []string{"fsck.vfat", "mcopy", "mmd"} {
 		if _, err := exec.LookPath(tool); err != nil {
