@@ -112,11 +112,33 @@ skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$WORK/oci:v2" "doc
 size=$(du -sm "$WORK/registry" | cut -f1)
 rm -rf "$WORK/oci"
 cat "$WORK"/registry/docker/registry/v2/blobs/sha256/*/*/data >/dev/null # page cache, as for the reference runs
+# Reference: what fetching and unpacking v2 costs with the standard tools
+# (skopeo copy to an OCI layout, tar -x of each layer, sync), as in
+# bench/pull.sh; the upgrade does that and also deploys and stages.
+ref=$WORK/ref
+mkdir -p "$ref"
+cat >"$WORK/ref.sh" <<REFEOF
+set -e
+skopeo --insecure-policy copy -q --src-tls-verify=false docker://$REF oci:$ref/oci:v2
+mkdir -p $ref/root
+m=\$(python3 -c 'import json; i=json.load(open("$ref/oci/index.json")); print(i["manifests"][0]["digest"].split(":")[1])')
+for l in \$(python3 -c 'import json; m=json.load(open("$ref/oci/blobs/sha256/'\$m'")); print(" ".join(x["digest"].split(":")[1] for x in m["layers"]))'); do
+	tar -xf $ref/oci/blobs/sha256/\$l -C $ref/root
+done
+sync
+REFEOF
+sync
+/usr/bin/time -f "%e %M" -o "$WORK/time.ref" bash "$WORK/ref.sh"
+read -r rwall rrss <"$WORK/time.ref"
+rm -rf "$ref"
+sync
 /usr/bin/time -v -o "$WORK/time" "$WORK/updatectl" --sysroot "$S" --boot "$BOOT" upgrade --auto --tls-verify=false >"$WORK/up.log" 2>&1
 wall=$(grep 'Elapsed (wall clock)' "$WORK/time" | awk '{print $NF}')
 rss=$(grep 'Maximum resident set size' "$WORK/time" | awk '{print $NF}')
 tail -1 "$WORK/up.log"
-echo "upgrade to the Debian-sized v2 (registry holds ${size} MB): wall ${wall}, peak RSS $((rss / 1024)) MB"
+secs=$(awk -v w="$wall" 'BEGIN { n = split(w, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }')
+echo "upgrade to the Debian-sized v2 (registry holds ${size} MB): wall ${secs}s, peak RSS $((rss / 1024)) MB"
+echo "reference (skopeo copy + tar -x + sync, no deploy): wall ${rwall}s, peak RSS $((rrss / 1024)) MB; upgrade/reference wall $(awk -v a="$secs" -v b="$rwall" 'BEGIN { printf "%.2f", a / b }')"
 U status | grep -E 'image:|Version' | sed 's/^/  /'
 [ $((rss / 1024)) -le "$MAX_RSS_MB" ] || { echo "peak RSS above ${MAX_RSS_MB} MB"; fail=1; }
 exit $fail
