@@ -168,6 +168,17 @@ type entry struct {
 	} `json:"boot"`
 }
 
+func (e *entry) bootString() string {
+	if e == nil || e.Boot == nil {
+		return "no boot entry"
+	}
+	left := "?"
+	if e.Boot.TriesLeft != nil {
+		left = fmt.Sprint(*e.Boot.TriesLeft)
+	}
+	return fmt.Sprintf("entry %s, tries left %s, blessed %v", e.Boot.Entry, left, e.Boot.Blessed)
+}
+
 func (e *entry) version() string {
 	if e == nil {
 		return "none"
@@ -297,10 +308,11 @@ func (r *run) harness(ctx context.Context) {
 	o := r.row("H", "harness: OVMF → systemd-boot → hand-written BLS entry → 6.12 kernel + initramfs → systemd on plain ext4")
 	oi := r.row("I", "install: updatectl install of v1 from the registry onto the GPT disk, inside the booted v1 guest")
 	canInstall := len(r.missing("install")) == 0
-	disks := []string{r.c.installer}
+	// The target disk is attached even when nothing is installed: the
+	// image's fstab mounts its ESP (PARTLABEL=esp) at /boot.
+	disks := []string{r.c.installer, r.c.target}
 	script := harnessScript
 	if canInstall {
-		disks = append(disks, r.c.target)
 		script += "REF=" + refStable + "\n" + installScript
 	} else {
 		script += "finish\n"
@@ -436,7 +448,7 @@ func (r *run) step1(ctx context.Context, o *outcome) {
 	case b.version() != "1":
 		o.fail("booted version %q, want 1", b.version())
 	case b.Boot == nil || !b.Boot.Blessed:
-		o.fail("booted entry not blessed: %+v", b.Boot)
+		o.fail("booted entry not blessed: %s", b.bootString())
 	default:
 		o.note("booted %s (v1), entry %s blessed", b.ID, b.Boot.Entry)
 	}
@@ -602,7 +614,7 @@ func (r *run) step3(ctx context.Context, o *outcome) {
 	case v3 == nil:
 		o.fail("status no longer lists v3")
 	case v3.Boot == nil || v3.Boot.Blessed || v3.Boot.TriesLeft == nil || *v3.Boot.TriesLeft != 0:
-		o.fail("status does not report v3 as failed: %+v", v3.Boot)
+		o.fail("status does not report v3 as failed: %s", v3.bootString())
 	default:
 		o.note("status: v3 (%s) entry %s, 0 tries left, not blessed", v3.ID, v3.Boot.Entry)
 	}
