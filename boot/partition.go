@@ -270,7 +270,8 @@ func (p *Partition) Entries(ctx context.Context) ([]InstalledEntry, error) {
 }
 
 // Staged returns the staged entry set in boot order, and whether there is
-// one that CommitStaged would commit.
+// one that CommitStaged would commit (complete, and newer than the current
+// set).
 func (p *Partition) Staged(ctx context.Context) ([]InstalledEntry, bool, error) {
 	cur, err := readSet(filepath.Join(p.dir, loaderDir, entriesName))
 	if err != nil {
@@ -280,7 +281,7 @@ func (p *Partition) Staged(ctx context.Context) ([]InstalledEntry, bool, error) 
 	if err != nil {
 		return nil, false, err
 	}
-	if st.gen != cur.gen+1 || len(st.entries) == 0 {
+	if st.gen != cur.gen+1 || len(st.entries) == 0 || len(st.entries) != len(st.bases) {
 		return nil, false, nil
 	}
 	return st.entries, true, nil
