@@ -110,6 +110,9 @@ func open(ctx context.Context, o Options, verb string, create, shared bool) (*Up
 	if o.Lock.Verb == "" {
 		o.Lock.Verb = verb
 	}
+	if c := filepath.Clean(o.Sysroot); o.Boot == "" && c != "/" && c != "/sysroot" {
+		return nil, fmt.Errorf("updater: --sysroot %s is not this system's, so its boot partition cannot be looked for: pass --boot DIR (the running system's boot partition is never written for another root)", o.Sysroot)
+	}
 	if !create {
 		if _, err := os.Stat(filepath.Join(o.Store, "store.json")); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s has no twinroot store; install a system first with 'updatectl --sysroot %s install REF', or pass the right --sysroot",

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -96,6 +97,16 @@ func TestErrorsNameTheFix(t *testing.T) {
 		wantError(t, "status", code, errOut, exitNoInit, "sysroot not initialised", "updatectl --sysroot "+s.sysroot+" install REF")
 		code, _, errOut = s.cli(t, append([]string{"upgrade"}, netFlags...)...)
 		wantError(t, "upgrade", code, errOut, exitNoInit, "sysroot not initialised")
+	})
+
+	t.Run("scratch sysroot without --boot", func(t *testing.T) {
+		s := newScratch(t)
+		var stdout, stderr bytes.Buffer
+		code := run(context.Background(), append([]string{"--sysroot", s.sysroot, "install", "docker://" + reg.host + "/os/sample:1"}, netFlags...), &stdout, &stderr)
+		wantError(t, "install", code, stderr.String(), exitFailure, "pass --boot DIR")
+		if ents, _ := os.ReadDir(s.sysroot); len(ents) != 0 {
+			t.Errorf("the refused install wrote into the sysroot: %v", ents)
+		}
 	})
 
 	t.Run("registry unreachable", func(t *testing.T) {
