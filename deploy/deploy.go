@@ -199,7 +199,8 @@ func (m *Manager) read(id string) (Deployment, error) {
 	return d, nil
 }
 
-// List returns every deployment, oldest first (by Created, then id).
+// List returns every deployment, oldest first (by Created, then id). A
+// deployment whose record does not parse is left out with a warning.
 func (m *Manager) List(ctx context.Context) ([]Deployment, error) {
 	ents, err := os.ReadDir(m.deploymentsDir())
 	if errors.Is(err, fs.ErrNotExist) {
@@ -219,6 +220,12 @@ func (m *Manager) List(ctx context.Context) ([]Deployment, error) {
 		d, err := m.read(e.Name())
 		if errors.Is(err, ErrNotFound) {
 			continue // removed meanwhile
+		}
+		if errors.Is(err, ErrCorrupt) {
+			// One damaged record must not hide the others (status, gc);
+			// Get still reports it, and Remove still removes it.
+			m.log.Warn("skipping a deployment whose record does not parse", "id", e.Name(), "err", err)
+			continue
 		}
 		if err != nil {
 			return nil, err

@@ -61,6 +61,16 @@ func TestCreateGetList(t *testing.T) {
 	if _, err := e.m.Get(ctx, "../x"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get of a bad id: %v", err)
 	}
+	// A damaged record: Get reports it, List leaves it out, Remove works.
+	bad := e.create(CreateOptions{Image: img})
+	must(t, os.WriteFile(filepath.Join(e.m.dir(bad.ID), fileRecord), []byte("{not json"), 0o644))
+	if _, err := e.m.Get(ctx, bad.ID); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Get of a damaged record: %v", err)
+	}
+	if list, err := e.m.List(ctx); err != nil || len(list) != 2 {
+		t.Errorf("List with a damaged record: %d, %v", len(list), err)
+	}
+	must(t, e.m.Remove(ctx, bad.ID))
 	// SetPinned.
 	must(t, e.m.SetPinned(ctx, d1.ID, true))
 	if got, _ := e.m.Get(ctx, d1.ID); !got.Pinned {
