@@ -23,7 +23,9 @@ type applyOptions struct {
 // with mknod, and regular files that were hardlinked in the local /etc
 // stay hardlinked when both names come from it. Nothing is fsynced: the
 // caller makes the result durable (Create runs one syncfs of the store's
-// filesystem before it renames the deployment into place).
+// filesystem before it renames the deployment into place). On an error
+// dst holds part of the tree; the caller removes it (Create builds in a
+// temp directory the store deletes).
 func Apply(ctx context.Context, plan Plan, dst string) error {
 	return apply(ctx, plan, dst, applyOptions{})
 }
