@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -85,7 +86,10 @@ func (s *Store) OpenImageFS(ctx context.Context, d verity.Digest) (*ImageFS, err
 // the EROFS reader makes many small reads (an inode, a directory block),
 // which through a file would each be a pread. Committed image files are
 // never written or truncated, so the mapping cannot fault.
-type mappedFile struct{ b []byte }
+type mappedFile struct {
+	mu sync.RWMutex // Close waits for reads in flight; reads after it fail
+	b  []byte
+}
 
 func mapFile(path string) (*mappedFile, error) {
 	f, err := os.Open(path)
@@ -108,6 +112,11 @@ func mapFile(path string) (*mappedFile, error) {
 }
 
 func (m *mappedFile) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.b == nil {
+		return 0, ErrClosed
+	}
 	if off < 0 || off >= int64(len(m.b)) {
 		return 0, io.EOF
 	}
@@ -119,6 +128,8 @@ func (m *mappedFile) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (m *mappedFile) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.b == nil {
 		return nil
 	}

@@ -223,6 +223,10 @@ func TestImageFS(t *testing.T) {
 	if err := ifs.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// Use after Close is an error, not a fault on the unmapped image.
+	if _, err := ifs.ReadFile("etc/small"); err == nil {
+		t.Error("ReadFile after Close succeeded")
+	}
 	if _, err := s.GC(ctx, GCOptions{}); err != nil {
 		t.Fatal(err)
 	}
