@@ -30,6 +30,10 @@ const cmdlineEnv = "TWINROOT_CMDLINE"
 // reboot (a crash) between upgrade and finalize.
 const bootIDEnv = "TWINROOT_BOOT_ID"
 
+// efivarsEnv names a directory to read EFI variables from instead of
+// efivarfs (bless on a scratch boot directory: tests).
+const efivarsEnv = "TWINROOT_EFIVARS"
+
 // noRebootEnv=1 makes --apply do everything but the reboot (tests).
 const noRebootEnv = "TWINROOT_TEST_NO_REBOOT"
 
@@ -98,6 +102,7 @@ func (a *app) options(asJSON bool, pf *pullFlags) (updater.Options, error) {
 		o.Cmdline = &s
 	}
 	o.BootID = os.Getenv(bootIDEnv)
+	o.EFIVars = os.Getenv(efivarsEnv)
 	if pf != nil {
 		o.Pull = pf.options()
 	}

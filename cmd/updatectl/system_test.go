@@ -213,6 +213,18 @@ func lastResult(t *testing.T, out string) updater.Result {
 	return res
 }
 
+// writeEFIString writes an efivarfs file: 4 attribute bytes, then UTF-16LE.
+func writeEFIString(t *testing.T, path, s string) {
+	t.Helper()
+	b := []byte{7, 0, 0, 0}
+	for _, c := range s {
+		b = append(b, byte(c), byte(c>>8))
+	}
+	if err := os.WriteFile(path, append(b, 0, 0), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func id(e *updater.BootEntry) string {
 	if e == nil {
 		return "-"
@@ -337,9 +349,18 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("finalize with nothing staged: %+v", res)
 	}
 
-	// Booting v2, simulated through the command line.
+	// Booting v2, simulated through the command line; the boot loader
+	// counted the try (its LoaderBootCountPath names the entry), and the
+	// boot was good: bless removes the counter.
 	s.setBooted(t, "twinroot="+v2ID+":"+h.Status.Default.Image.ComposefsDigest)
+	efivars := t.TempDir()
+	t.Setenv(efivarsEnv, efivars)
+	writeEFIString(t, filepath.Join(efivars, "LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"), `\loader\entries\`+h.Status.Default.Boot.Entry)
+	s.mustCLI(t, "bless")
 	h = s.status(t)
+	if b := h.Status.Booted.Boot; b == nil || !b.Blessed || b.TriesLeft != nil {
+		t.Errorf("after bless: %+v", b)
+	}
 	if id(h.Status.Booted) != v2ID || id(h.Status.Rollback) != v1ID || id(h.Status.Default) != v2ID {
 		t.Fatalf("booted v2: %s", roles(h))
 	}
