@@ -81,13 +81,23 @@ func (a *app) store() string {
 
 func newRootCmd(a *app) *cobra.Command {
 	root := &cobra.Command{
-		Use:           "updatectl",
-		Short:         "twinroot: image-based A/B operating-system updates",
-		Long:          "updatectl pulls bootc-style OS images into an fs-verity object store, builds composefs images and manages A/B deployments.",
+		Use:   "updatectl",
+		Short: "twinroot: image-based A/B operating-system updates",
+		Long: `updatectl pulls bootc-style OS images into an fs-verity object store, builds composefs
+images and manages A/B deployments: install, status, upgrade, switch, rollback, gc. It is
+installed as "twinroot", and as "updatectl" where systemd's own updatectl is absent.
+
+Exit codes: 0 success (upgrade --check: an update is available); 1 failure; 2 usage error;
+3 a check found problems (fsck); 4 the sysroot is locked by another run (--no-wait);
+5 permission denied (run as root); 6 the sysroot is not initialised; 77 upgrade --check:
+no update available.`,
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if a.sysroot == "" {
+				a.sysroot = defaultSysroot()
+			}
 			var lvl slog.Level
 			if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
 				return &exitError{code: exitUsage, err: fmt.Errorf("--log-level: %w", err)}
@@ -113,7 +123,7 @@ func newRootCmd(a *app) *cobra.Command {
 		return &exitError{code: exitUsage, err: err}
 	})
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.sysroot, "sysroot", defaultSysroot(), "physical root of the system to operate on (default /sysroot on a booted twinroot system, else /)")
+	pf.StringVar(&a.sysroot, "sysroot", "", "physical root of the system to operate on (default /sysroot on a booted twinroot system, else /)")
 	pf.StringVar(&a.storeDir, "store", "", "object store directory (default SYSROOT/twinroot)")
 	pf.StringVar(&a.bootDir, "boot", "", "boot partition directory (default: the mounted XBOOTLDR or ESP, found as bootctl does)")
 	pf.StringVar(&a.config, "config", "", "configuration file (default SYSROOT/etc/twinroot/config.toml on a scratch sysroot, else /etc/twinroot/config.toml)")

@@ -175,14 +175,16 @@ func newUpgradeCmd(a *app) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "upgrade",
 		Short: "Download and stage the newest image of the origin",
-		Long: `Upgrade resolves the origin (the booted deployment's image reference, or
-update.origin in config.toml), and when its manifest is neither booted nor staged, pulls
-it, deploys it with /etc merged from the booted deployment and stages a boot entry set
-with it first and the booted deployment as fallback. The switch happens at shutdown
-(twinroot-finalize.service, or 'updatectl finalize').
+		Long: `Upgrade resolves the origin (update.origin in config.toml, else the staged deployment's
+image reference, else the booted one's), and when its manifest is neither booted, staged
+nor the default, pulls it, deploys it with /etc merged from the booted deployment and
+stages a boot entry set with it first and the booted deployment as fallback. The switch
+happens at shutdown (twinroot-finalize.service, or 'updatectl finalize'); --apply
+finalizes at once and reboots.
 
 --check only asks the registry (manifest and config, no layer): exit 0 when an update is
-available, 77 when the system is up to date.`,
+available, 77 when the system is up to date. --auto is the service's mode: what
+update.auto-apply says (none: check, stage, apply), exit 0 when up to date.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o, err := a.options(asJSON, &pf)
@@ -226,7 +228,7 @@ available, 77 when the system is up to date.`,
 	f.BoolVar(&auto, "auto", false, "do what update.auto-apply in config.toml says (none: check, stage, apply); the service's mode, exit 0 when up to date")
 	f.BoolVar(&downloadOnly, "download-only", false, "pull the image but do not deploy or stage it")
 	f.BoolVar(&allowDowngrade, "allow-downgrade", false, "install an image older than the booted one (never below a signed io.twinroot.min-version floor; rollback returns to an installed deployment)")
-	f.BoolVar(&apply, "apply", false, "reboot right after staging")
+	f.BoolVar(&apply, "apply", false, "finalize at once and reboot (logind, else systemctl reboot)")
 	f.BoolVar(&asJSON, "json", false, "print progress events and the result as JSON lines")
 	f.StringArrayVar(&kargs, "karg", nil, "extra kernel argument for the new deployment (repeatable)")
 	pf.add(cmd)
@@ -256,7 +258,7 @@ func newSwitchCmd(a *app) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&apply, "apply", false, "reboot right after staging")
+	f.BoolVar(&apply, "apply", false, "finalize at once and reboot (logind, else systemctl reboot)")
 	f.BoolVar(&asJSON, "json", false, "print progress events and the result as JSON lines")
 	f.StringArrayVar(&kargs, "karg", nil, "extra kernel argument for the new deployment (repeatable)")
 	pf.add(cmd)
