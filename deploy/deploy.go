@@ -66,6 +66,9 @@ var (
 	ErrBadKarg = errors.New("deploy: bad kernel argument")
 	// ErrCorrupt: a deployment record does not parse.
 	ErrCorrupt = errors.New("deploy: corrupt deployment")
+	// ErrBadImage: an image's /etc holds an entry that cannot be deployed
+	// (a name that is not a plain file name); the error names it.
+	ErrBadImage = errors.New("deploy: unusable image /etc")
 )
 
 // Names inside the store root and a deployment directory.

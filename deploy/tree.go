@@ -145,6 +145,11 @@ func loadFS(fsys fs.FS, prefix, name string) (t *tree, ok bool, err error) {
 			return fmt.Errorf("deploy: %s: %w", name, err)
 		}
 		for _, de := range ents {
+			// The format does not forbid '/' or ".." in an entry of a
+			// crafted image, and Apply joins names onto the new /etc.
+			if n := de.Name(); n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\x00") {
+				return fmt.Errorf("deploy: %s: %w: entry %q in %s", name, ErrBadImage, n, join(rel, "."))
+			}
 			fi, err := de.Info()
 			if err != nil {
 				return fmt.Errorf("deploy: %s: %w", name, err)
