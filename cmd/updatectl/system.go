@@ -570,7 +570,6 @@ func printEntry(w io.Writer, mark, title string, e *updater.BootEntry, h updater
 		ver += " (" + e.Image.Timestamp.Format(time.RFC3339) + ")"
 	}
 	row("Version", ver)
-	row("Composefs", e.Image.ComposefsDigest)
 	if sg := e.Image.Signature; sg != nil {
 		state := "not verified"
 		if sg.Verified {
