@@ -36,13 +36,14 @@ var (
 	_ fs.StatFS     = (*ImageFS)(nil)
 )
 
-// OpenImageFS opens image d for reading (see ImageFS). Close it.
-func (s *Store) OpenImageFS(ctx context.Context, d verity.Digest) (*ImageFS, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	dir := s.ImageDir(d)
-	lp := filepath.Join(dir, fileLock)
+// holdImage opens images/<d>/.lock and takes it shared, the lock a
+// removal must get exclusively before it deletes the image (MountImage,
+// OpenImageFS). A removal renames the directory before it tries that
+// lock: when the lock file is still at its place once locked, the removal
+// will see the lock; when not, the image is going away (ErrNotFound).
+// Closing the file drops the lock.
+func (s *Store) holdImage(d verity.Digest) (*os.File, error) {
+	lp := filepath.Join(s.ImageDir(d), fileLock)
 	f, err := os.Open(lp)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -54,12 +55,23 @@ func (s *Store) OpenImageFS(ctx context.Context, d verity.Digest) (*ImageFS, err
 		f.Close()
 		return nil, fmt.Errorf("objstore: locking %s: %w", lp, err)
 	}
-	// As in MountImage: a removal renames before it locks, so a lock file
-	// still at its place means the removal will see our lock.
 	var a, b unix.Stat_t
 	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat(lp, &b) != nil || a.Ino != b.Ino || a.Dev != b.Dev {
 		f.Close()
 		return nil, fmt.Errorf("objstore: image %s: %w (being removed)", d, ErrNotFound)
+	}
+	return f, nil
+}
+
+// OpenImageFS opens image d for reading (see ImageFS). Close it.
+func (s *Store) OpenImageFS(ctx context.Context, d verity.Digest) (*ImageFS, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dir := s.ImageDir(d)
+	f, err := s.holdImage(d)
+	if err != nil {
+		return nil, err
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {

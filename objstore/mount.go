@@ -2,13 +2,9 @@ package objstore
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/twinroot/twinroot/erofs"
 	"github.com/twinroot/twinroot/verity"
@@ -30,25 +26,9 @@ type Mount struct {
 // VerityOff.
 func (s *Store) MountImage(ctx context.Context, d verity.Digest, target string, opts erofs.MountOptions) (*Mount, error) {
 	dir := s.ImageDir(d)
-	lp := filepath.Join(dir, fileLock)
-	f, err := os.Open(lp)
+	f, err := s.holdImage(d)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("objstore: image %s: %w", d, ErrNotFound)
-		}
-		return nil, fmt.Errorf("objstore: image %s: %w", d, err)
-	}
-	if err := flock(f, unix.LOCK_SH); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("objstore: locking %s: %w", lp, err)
-	}
-	// A removal renames the directory before it tries the exclusive lock:
-	// if the lock file is still at its place now, a removal will see our
-	// lock; if not, the image is going away.
-	var a, b unix.Stat_t
-	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Stat(lp, &b) != nil || a.Ino != b.Ino || a.Dev != b.Dev {
-		f.Close()
-		return nil, fmt.Errorf("objstore: image %s: %w (being removed)", d, ErrNotFound)
+		return nil, err
 	}
 	if opts.Verity == erofs.VerityAuto {
 		// Decide here: erofs.Mount would probe by writing a file into the
