@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -197,7 +198,29 @@ func storeState(t *testing.T, s *objstore.Store) string {
 	for _, i := range imgs {
 		names = append(names, i.Digest.Hex())
 	}
-	return fmt.Sprintf("images %v objects %d", names, fr.Objects)
+	// Every path under the store, so that a write anywhere (layer records,
+	// state, tmp/) before the policy decides shows, not only new images.
+	var files []string
+	err = filepath.WalkDir(s.Root(), func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(s.Root(), p)
+		if d.IsDir() {
+			files = append(files, rel+"/")
+		} else {
+			files = append(files, fmt.Sprintf("%s:%d", rel, fi.Size()))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("images %v objects %d files %v", names, fr.Objects, files)
 }
 
 func writePolicy(t *testing.T, text string) string {
