@@ -78,7 +78,8 @@ type Options struct {
 	// PolicyPath is the containers-policy.json file ("" = DefaultPolicyPath).
 	// A missing file at the default path is treated as a policy of
 	// insecureAcceptAnything (the image is then not verified, and
-	// enforcement refuses it); a missing explicit file is an error.
+	// enforcement refuses it); a missing explicit file is an error. podman
+	// and skopeo instead refuse to pull without a policy file.
 	PolicyPath string
 	// RegistriesDir is the registries.d directory with lookaside and
 	// use-sigstore-attachments settings ("" = DefaultRegistriesDir).
