@@ -59,7 +59,9 @@ type Plan struct {
 // base: type, mode, owner, xattrs, content, symlink target) → the new
 // image's version; changed locally but not in the new image → the local
 // version; changed on both sides → the local version and a Conflict, or,
-// for two directories, a merge of their entries. A local non-directory
+// for two directories, a merge of their entries (a local directory that
+// differs from base only by deleted entries counts as unchanged against a
+// new image that removes or replaces it). A local non-directory
 // where the new image has a directory with changes cannot be merged: the
 // error wraps ErrEtcMerge and names the path. With base nil and local ""
 // the plan is a copy of the new image's /etc. A new image without /etc
@@ -285,6 +287,16 @@ func (m *merger) decide(p string) error {
 	case n.isDir():
 		m.conflict(p, "deleted locally, changed in the new image; kept deleted")
 	case l.isDir():
+		only, err := m.deletionsOnly(p)
+		if err != nil {
+			return err
+		}
+		if only {
+			// Deletions alone leave nothing of the user's to keep (ostree
+			// and bootc alike): the new image's removal or replacement wins.
+			m.take(m.new, p)
+			return nil
+		}
 		if n == nil {
 			m.conflict(p, "removed by the new image; kept the local directory with its changes")
 		} else {
@@ -306,6 +318,30 @@ func (m *merger) decide(p string) error {
 		m.take(m.local, p)
 	}
 	return nil
+}
+
+// deletionsOnly reports whether the local directory p differs from the
+// base's only by entries the user deleted: its metadata and every entry
+// it still has are the base's (recursively).
+func (m *merger) deletionsOnly(p string) (bool, error) {
+	l, b := m.local.get(p), m.base.get(p)
+	if !l.isDir() || !b.isDir() || !sameMeta(l, b) {
+		return false, nil
+	}
+	for _, c := range l.children {
+		cp := join(p, c)
+		same, err := m.same(m.local, m.base, cp)
+		if err != nil {
+			return false, err
+		}
+		if same {
+			continue
+		}
+		if only, err := m.deletionsOnly(cp); err != nil || !only {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // childrenChanged reports whether any entry of the new image's directory

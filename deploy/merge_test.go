@@ -285,6 +285,26 @@ var mergeCases = []mergeCase{
 		conflicts: []string{"deep", "removed-by-new"},
 	},
 	{
+		// ostree and bootc: deletions alone are no local change to keep,
+		// so the new image's removal (or replacement) of the directory wins.
+		name: "deleted locally inside a directory the new image removes or replaces",
+		newImage: func(t *testing.T, root string) {
+			must(t, os.RemoveAll(filepath.Join(root, "etc/deep")))
+			must(t, os.RemoveAll(filepath.Join(root, "etc/dir.d")))
+			write(t, filepath.Join(root, "etc/dir.d"), "now a file\n")
+		},
+		local: func(t *testing.T, etc string) {
+			must(t, os.Remove(filepath.Join(etc, "deep/er/still/file")))
+			must(t, os.Remove(filepath.Join(etc, "dir.d/x")))
+		},
+		check: func(t *testing.T, etc string) {
+			wantAbsent(t, filepath.Join(etc, "deep"))
+			wantType(t, filepath.Join(etc, "dir.d"), unix.S_IFREG)
+			wantContent(t, filepath.Join(etc, "dir.d"), "now a file\n")
+		},
+		sources: map[string]Source{"dir.d": FromNew},
+	},
+	{
 		name: "conflict: deleted locally, changed by the new image",
 		newImage: func(t *testing.T, root string) {
 			write(t, filepath.Join(root, "etc/ssh/ssh_config"), "new ssh config\n")
