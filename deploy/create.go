@@ -1,7 +1,6 @@
 package deploy
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -156,16 +155,21 @@ func (m *Manager) Create(ctx context.Context, opts CreateOptions) (Deployment, e
 }
 
 // checkKarg refuses a kernel argument that would break the boot entry's
-// options line: empty, or holding a control character (a newline would
-// end the line).
+// options line: empty, holding a control character (a newline would end
+// the line), or blanks outside quotes (the kernel would split it in two,
+// and boot refuses it when it writes the entry: refused here, before the
+// deployment exists).
 func checkKarg(k string) error {
 	if k == "" {
 		return fmt.Errorf("deploy: %w: empty kernel argument", ErrBadKarg)
 	}
 	for _, c := range k {
-		if c < 0x20 || c == 0x7f {
+		if (c < 0x20 && c != '\t') || c == 0x7f {
 			return fmt.Errorf("deploy: %w %q: control character", ErrBadKarg, k)
 		}
+	}
+	if strings.ContainsAny(k, " \t") && !strings.Contains(k, `"`) {
+		return fmt.Errorf("deploy: %w %q: blanks outside quotes", ErrBadKarg, k)
 	}
 	return nil
 }
@@ -263,9 +267,10 @@ func readOSRelease(fsys fs.FS) (map[string]string, error) {
 // comments, blank and malformed lines are skipped.
 func ParseOSRelease(b []byte) map[string]string {
 	out := map[string]string{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
+	// Not bufio.Scanner: a line over its 64 KiB token would end the scan
+	// and hide every line after it.
+	for raw := range bytes.SplitSeq(b, []byte("\n")) {
+		line := strings.TrimSpace(string(raw))
 		if line == "" || line[0] == '#' {
 			continue
 		}

@@ -199,6 +199,17 @@ func (m *Manager) read(id string) (Deployment, error) {
 	if d.ID != id || d.Image.IsZero() {
 		return Deployment{}, fmt.Errorf("deploy: %s: %w: record names deployment %q", p, ErrCorrupt, d.ID)
 	}
+	// What Create never writes: the boot entry would carry it.
+	for _, k := range d.Kargs {
+		if err := checkKarg(k); err != nil {
+			return Deployment{}, fmt.Errorf("deploy: %s: %w: %w", p, ErrCorrupt, err)
+		}
+	}
+	if d.MergedFrom != "" {
+		if err := bootarg.CheckID(d.MergedFrom); err != nil {
+			return Deployment{}, fmt.Errorf("deploy: %s: %w: mergedFrom: %w", p, ErrCorrupt, err)
+		}
+	}
 	return d, nil
 }
 

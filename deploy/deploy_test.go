@@ -70,6 +70,20 @@ func TestCreateGetList(t *testing.T) {
 	if list, err := e.m.List(ctx); err != nil || len(list) != 2 {
 		t.Errorf("List with a damaged record: %d, %v", len(list), err)
 	}
+	// A record that parses but holds what no Create writes (a kernel
+	// argument that would break the boot entry, a bad MergedFrom) is
+	// damaged too, named by its path.
+	for _, edit := range []func(*Deployment){
+		func(d *Deployment) { d.Kargs = []string{"quiet", "x\ninitrd /evil"} },
+		func(d *Deployment) { d.MergedFrom = "../elsewhere" },
+	} {
+		d := bad
+		edit(&d)
+		must(t, e.m.writeRecord(e.m.dir(bad.ID), d, true))
+		if _, err := e.m.Get(ctx, bad.ID); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), fileRecord) {
+			t.Errorf("Get of a record with %+v: %v, want ErrCorrupt naming the file", d, err)
+		}
+	}
 	must(t, e.m.Remove(ctx, bad.ID))
 	// SetPinned.
 	must(t, e.m.SetPinned(ctx, d1.ID, true))
@@ -279,7 +293,7 @@ func TestImageWithoutEtc(t *testing.T) {
 	e.checkClean("after the failure")
 	// Kernel arguments that would break the entry, a missing image and a
 	// missing MergeFrom are errors too.
-	for _, k := range []string{"", "a\nb", "x\x00"} {
+	for _, k := range []string{"", "a\nb", "x\x00", "two words", "tab\there"} {
 		if _, err := e.m.Create(ctx, CreateOptions{Image: img, Kargs: []string{"quiet", k}}); !errors.Is(err, ErrBadKarg) {
 			t.Errorf("karg %q: %v", k, err)
 		}
@@ -363,6 +377,11 @@ func TestParseOSRelease(t *testing.T) {
 		if got[k] != v {
 			t.Errorf("%s = %q, want %q", k, got[k], v)
 		}
+	}
+	// A line longer than bufio.Scanner's default token hides nothing after it.
+	got = ParseOSRelease([]byte("LONG=" + strings.Repeat("x", 100<<10) + "\nNAME=after\n"))
+	if got["NAME"] != "after" || len(got["LONG"]) != 100<<10 {
+		t.Errorf("after a long line: NAME=%q, len(LONG)=%d", got["NAME"], len(got["LONG"]))
 	}
 }
 
