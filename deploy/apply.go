@@ -10,6 +10,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
+
+	"github.com/twinroot/twinroot/verity"
 )
 
 // applyOptions are Apply's knobs for Manager (tests and benchmarks).
@@ -231,9 +233,21 @@ func writeContent(f *os.File, t *tree, rel string, e *entry) error {
 		return fmt.Errorf("%s: %w", t.name, err)
 	}
 	defer r.Close()
-	n, err := io.Copy(f, r)
+	// An image's file is checked against the digest its inode records: an
+	// object damaged or replaced in the store (fs-verity off, or a file
+	// other than the one measured) must not become the deployment's /etc.
+	var w io.Writer = f
+	var h *verity.Hasher
+	if t.dir == "" && !e.digest.IsZero() {
+		h = verity.New(e.digest.Algorithm())
+		w = io.MultiWriter(f, h)
+	}
+	n, err := io.Copy(w, r)
 	if err != nil {
 		return fmt.Errorf("copying from %s: %w", t.name, err)
+	}
+	if h != nil && n == e.size && h.Sum() != e.digest {
+		return fmt.Errorf("%s: %s: %w: content does not match its digest %s", t.name, rel, ErrBadImage, e.digest)
 	}
 	// A local file (a live /etc) may have been rewritten since Merge read
 	// it: its current content is the user's latest. An image's file must

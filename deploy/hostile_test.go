@@ -66,3 +66,37 @@ func TestMergeRefusesHostileNames(t *testing.T) {
 		})
 	}
 }
+
+// An object of the store whose content no longer matches the digest its
+// image records (a damaged disk, or a store written behind twinroot's back
+// where fs-verity is off) must not become the deployment's /etc: Create
+// fails naming the path and leaves nothing behind.
+func TestCreateRefusesTamperedObject(t *testing.T) {
+	e := newEnv(t)
+	img := e.image(nil)
+	fsys, err := e.store.OpenImageFS(t.Context(), img)
+	must(t, err)
+	fi, err := fsys.Lstat("etc/motd")
+	must(t, err)
+	in := fi.Sys().(*erofs.Inode)
+	fsys.Close()
+	if in.Payload == "" {
+		t.Fatal("etc/motd is not an external object")
+	}
+	obj := filepath.Join(e.store.ImageDir(img), in.Payload)
+	b, err := os.ReadFile(obj)
+	must(t, err)
+	b[0] ^= 0xff // same size, other content
+	must(t, os.WriteFile(obj, b, 0o644))
+
+	_, err = e.m.Create(t.Context(), CreateOptions{Image: img})
+	if !errors.Is(err, ErrBadImage) || !strings.Contains(err.Error(), "motd") {
+		t.Fatalf("Create from a tampered object: %v, want ErrBadImage naming etc/motd", err)
+	}
+	if list, _ := e.m.List(t.Context()); len(list) != 0 {
+		t.Errorf("deployments left: %v", list)
+	}
+	if roots, _ := e.store.Roots(t.Context()); len(roots) != 0 {
+		t.Errorf("roots left: %v", roots)
+	}
+}
