@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,7 +85,12 @@ func TestCreateGetList(t *testing.T) {
 			t.Errorf("Get of a record with %+v: %v, want ErrCorrupt naming the file", d, err)
 		}
 	}
+	// A deployment that lost its .lock is still removable.
+	must(t, os.Remove(filepath.Join(e.m.dir(bad.ID), fileDepLock)))
 	must(t, e.m.Remove(ctx, bad.ID))
+	if _, err := os.Lstat(e.m.dir(bad.ID)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("removed deployment still there: %v", err)
+	}
 	// SetPinned.
 	must(t, e.m.SetPinned(ctx, d1.ID, true))
 	if got, _ := e.m.Get(ctx, d1.ID); !got.Pinned {

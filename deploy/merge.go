@@ -20,6 +20,7 @@ const (
 	FromLocal
 )
 
+// String returns "new" or "local".
 func (s Source) String() string {
 	switch s {
 	case FromNew:

@@ -41,7 +41,12 @@ func (m *Manager) Remove(ctx context.Context, id string) error {
 	}
 	defer unlock()
 	dir := m.dir(id)
-	lf, err := os.Open(filepath.Join(dir, fileDepLock))
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("deploy: deployment %s: %w", id, ErrNotFound)
+	}
+	// O_CREATE: a damaged deployment that lost its .lock (which no Hold
+	// can then have open) is still removable, as List and Get still see it.
+	lf, err := os.OpenFile(filepath.Join(dir, fileDepLock), os.O_RDONLY|os.O_CREATE|unix.O_CLOEXEC, 0o644)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("deploy: deployment %s: %w", id, ErrNotFound)
 	}
