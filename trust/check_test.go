@@ -53,4 +53,15 @@ func TestCheckCommon(t *testing.T) {
 	if _, err := Check(ctx, img, Options{PolicyPath: policyFile(t, `{"default":`)}); !errors.Is(err, ErrPolicy) {
 		t.Errorf("malformed policy: %v", err)
 	}
+	// No file at the default path: insecureAcceptAnything, not verified
+	// (recorded with Policy ""), and refused under enforcement naming the
+	// path it looked for.
+	missing := filepath.Join(t.TempDir(), "policy.json")
+	v, err = Check(ctx, img, Options{defaultPolicy: missing})
+	if err != nil || v.Verified || v.Policy != "" || v.Entry() != "default" {
+		t.Errorf("missing default policy: %+v %v", v, err)
+	}
+	if _, err := Check(ctx, img, Options{defaultPolicy: missing, Enforce: true}); !errors.Is(err, ErrNotVerified) {
+		t.Errorf("missing default policy, enforced: %v, want ErrNotVerified", err)
+	}
 }

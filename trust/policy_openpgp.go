@@ -23,10 +23,10 @@ const Engine = "go.podman.io/image/v5/signature (containers_image_openpgp)"
 
 // loadPolicy reads the policy; a missing file at the default path is a
 // policy of insecureAcceptAnything with path "".
-func loadPolicy(path string) (string, *signature.Policy, error) {
+func loadPolicy(path, defaultPath string) (string, *signature.Policy, error) {
 	explicit := path != ""
 	if !explicit {
-		path = DefaultPolicyPath
+		path = defaultPath
 	}
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) && !explicit {
 		return "", &signature.Policy{Default: signature.PolicyRequirements{signature.NewPRInsecureAcceptAnything()}}, nil
@@ -66,7 +66,7 @@ func reference(img Image) (types.ImageReference, error) {
 // lookaside store registries.d names, read by c/image's docker transport
 // for exactly img.Digest; local layouts carry none (as in c/image).
 func Check(ctx context.Context, img Image, opts Options) (Verdict, error) {
-	path, pol, err := loadPolicy(opts.PolicyPath)
+	path, pol, err := loadPolicy(opts.PolicyPath, opts.defaultPolicyPath())
 	if err != nil {
 		return Verdict{}, err
 	}
@@ -89,7 +89,7 @@ func Check(ctx context.Context, img Image, opts Options) (Verdict, error) {
 	name := img.Transport + ":" + img.Reference
 	where := path
 	if where == "" {
-		where = DefaultPolicyPath + " (missing: insecureAcceptAnything)"
+		where = opts.defaultPolicyPath() + " (missing: insecureAcceptAnything)"
 	}
 	if opts.Enforce && !v.Verified {
 		return v, fmt.Errorf("%w: %s: policy entry %s in %s requires %v", ErrNotVerified, name, v.Entry(), where, kinds)

@@ -74,7 +74,7 @@ func Check(ctx context.Context, img Image, opts Options) (Verdict, error) {
 	path := opts.PolicyPath
 	explicit := path != ""
 	if !explicit {
-		path = DefaultPolicyPath
+		path = opts.defaultPolicyPath()
 	}
 	var p stubPolicy
 	b, err := os.ReadFile(path)

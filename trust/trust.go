@@ -90,10 +90,21 @@ type Options struct {
 	// System carries registry settings for docker sources: registries.conf
 	// paths, TLS, credentials, user agent. It is copied, never modified.
 	System *types.SystemContext
+	// defaultPolicy replaces DefaultPolicyPath (tests of the missing
+	// default file).
+	defaultPolicy string
 	// Credentials, when set, is asked for credentials c/image would not
 	// find through System by itself, only when signatures are read from a
 	// registry; nil credentials leave c/image's own lookup.
 	Credentials func() (*types.DockerAuthConfig, error)
+}
+
+// defaultPolicyPath is the policy read when PolicyPath is "".
+func (o Options) defaultPolicyPath() string {
+	if o.defaultPolicy != "" {
+		return o.defaultPolicy
+	}
+	return DefaultPolicyPath
 }
 
 // Verdict records how an accepted image was judged, for provenance and
