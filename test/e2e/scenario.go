@@ -402,18 +402,27 @@ func lastLines(s string, n int) string {
 	return strings.Join(l, " | ")
 }
 
-// bootTarget boots the installed machine once with script.
+// bootTarget boots the installed machine until a boot completes (at most
+// four boots: a deployment that fails its boots is left by systemd-boot after
+// its tries), runs script in that boot and notes the failed boots before it.
 func (r *run) bootTarget(ctx context.Context, o *outcome, script string) (bootResult, bool) {
-	res, err := r.target.boot(ctx, bootOptions{Script: script})
-	if err != nil {
-		o.fail("%v", err)
-		return res, false
+	var res bootResult
+	for failed := 0; failed < 4; failed++ {
+		var err error
+		res, err = r.target.boot(ctx, bootOptions{Script: script})
+		if err != nil {
+			o.fail("%v", err)
+			return res, false
+		}
+		if res.Up != 0 {
+			if failed > 0 {
+				o.fail("%d boots failed before one completed (last failed console: boot %d)", failed, r.target.boots-1)
+			}
+			return res, true
+		}
 	}
-	if res.Up == 0 {
-		o.fail("boot %d never reached the driver (console: %s)", r.target.boots, res.Console)
-		return res, false
-	}
-	return res, true
+	o.fail("4 boots never reached the driver (console: %s)", res.Console)
+	return res, false
 }
 
 const step1Script = `
