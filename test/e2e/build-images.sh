@@ -204,7 +204,7 @@ log "base: $BASE (kernel $KVER)"
 for f in bin/updatectl bin/twinroot-setup-root; do
 	[ -x "$REPO/$f" ] || die "$f missing (run 'make build')"
 done
-L2_RECIPE="twinroot 1"
+L2_RECIPE="twinroot 2 dosfstools"
 L2_KEY=$(hash_of "$BASE_KEY" "$L2_RECIPE" "$REPO/bin/updatectl" "$REPO/bin/twinroot-setup-root" \
 	"$REPO/dist" "$REPO/test/e2e/guest" "$REPO/Makefile" "$REPO/test/e2e/build-images.sh")
 # build_twinroot: layer 2's step, run with MERGED the overlay over the base.
@@ -226,6 +226,11 @@ build_twinroot() {
 	if [ -d "$REPO/dist/initramfs-tools" ]; then
 		cp -a "$REPO/dist/initramfs-tools/." "$M/usr/share/initramfs-tools/"
 	fi
+	# fsck.fat for the ESP (fstab pass 2), as a Debian install has: a power cut
+	# can leave a vfat directory half-made, which the kernel then reads as EIO.
+	in_root "$M" /bin/sh -ec 'apt-get -q update >/dev/null
+		apt-get -q install -y --no-install-recommends dosfstools >/dev/null
+		apt-get clean; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log'
 	# Timers a test guest only gets slower by.
 	for u in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
 		fstrim.timer dpkg-db-backup.timer systemd-tmpfiles-clean.timer; do

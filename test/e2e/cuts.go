@@ -212,6 +212,14 @@ func (r *run) step5(ctx context.Context, o *outcome) {
 	o.note("seed %d; windows: upgrade %s, finalize %s", r.c.seed, secs(upWin), secs(finWin))
 	prev, pending := "", ""
 	var outcomes []string
+	// The outcomes so far go into the row however the loop ends.
+	defer func() {
+		for _, s := range outcomes {
+			o.note("%s", s)
+		}
+		r.metrics = append(r.metrics, fmt.Sprintf("power cuts: %d of %d trials run (seed %d), outcomes in row 5",
+			len(outcomes), r.c.cuts, r.c.seed))
+	}()
 	for i := 1; i <= r.c.cuts+1; i++ {
 		if ctx.Err() != nil {
 			o.fail("interrupted at trial %d", i)
@@ -310,8 +318,4 @@ func (r *run) step5(ctx context.Context, o *outcome) {
 		}
 		outcomes = append(outcomes, what)
 	}
-	for _, s := range outcomes {
-		o.note("%s", s)
-	}
-	r.metrics = append(r.metrics, fmt.Sprintf("power cuts: %d trials (seed %d), outcomes in row 5", r.c.cuts, r.c.seed))
 }

@@ -38,7 +38,9 @@ cleanup() {
 		kill "$REG_PID" 2>/dev/null || true
 		wait "$REG_PID" 2>/dev/null || true
 	fi
-	if [ -n "$ok" ] && [ -z "${TWINROOT_E2E_KEEP:-}" ]; then
+	if [ -n "${TWINROOT_E2E_KEEP:-}" ]; then
+		log "work directory (disks, logs) kept in $W"
+	elif [ -n "$ok" ]; then
 		rm -rf "$W"
 	else
 		rm -f "$W"/*.img
