@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -93,6 +94,10 @@ func crashScript(ctx context.Context, m *Manager, baseImg, newImg verity.Digest,
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(m.EtcDir(from), "late"), []byte("changed after staging\n"), 0o644); err != nil {
+		return err
+	}
+	// The new image changes hosts too: a conflict only the remerge finds.
+	if err := os.WriteFile(filepath.Join(m.EtcDir(from), "hosts"), []byte("late local hosts\n"), 0o644); err != nil {
 		return err
 	}
 	if _, err := m.Remerge(ctx, b.ID, from); err != nil {
@@ -213,9 +218,24 @@ func TestCrashCreate(t *testing.T) {
 	// before "late" was written); for the plain one, removed by the
 	// script, a copy of the base image's /etc.
 	accept := map[string]map[string]bool{}
+	// The conflicts the record beside each accepted etc/ must list.
+	conflictsOf := map[string]string{}
+	recordConflicts := func(sysroot, id string) string {
+		b, err := os.ReadFile(filepath.Join(sysroot, "twinroot", dirDeployments, id, fileRecord))
+		must(t, err)
+		var d Deployment
+		must(t, json.Unmarshal(b, &d))
+		var ps []string
+		for _, c := range d.Conflicts {
+			ps = append(ps, c.Path)
+		}
+		return strings.Join(ps, ",")
+	}
 	ents, _ := os.ReadDir(filepath.Join(ref, "twinroot", dirDeployments))
 	for _, en := range ents {
-		accept[en.Name()] = map[string]bool{fingerprint(t, filepath.Join(ref, "twinroot", dirDeployments, en.Name(), dirEtc)): true}
+		fp := fingerprint(t, filepath.Join(ref, "twinroot", dirDeployments, en.Name(), dirEtc))
+		accept[en.Name()] = map[string]bool{fp: true}
+		conflictsOf[fp] = recordConflicts(ref, en.Name())
 	}
 	if len(accept) != 2 {
 		t.Fatalf("reference run left %d deployments", len(accept))
@@ -228,7 +248,12 @@ func TestCrashCreate(t *testing.T) {
 		m := New(s, pre, nil)
 		b, err := m.Create(ctx, CreateOptions{Image: newImg, MergeFrom: booted.ID})
 		must(t, err)
-		accept[b.ID][fingerprint(t, m.EtcDir(b.ID))] = true
+		fp := fingerprint(t, m.EtcDir(b.ID))
+		accept[b.ID][fp] = true
+		conflictsOf[fp] = recordConflicts(pre, b.ID)
+		if conflictsOf[fp] == recordConflicts(ref, b.ID) {
+			t.Fatalf("the remerge finds no other conflicts than the merge (%q): the test cannot tell the records apart", conflictsOf[fp])
+		}
 		c, err := m.Create(ctx, CreateOptions{Image: baseImg})
 		must(t, err)
 		accept[c.ID] = map[string]bool{fingerprint(t, m.EtcDir(c.ID)): true}
@@ -264,6 +289,8 @@ func TestCrashCreate(t *testing.T) {
 			}
 			if fp := fingerprint(t, m.EtcDir(d.ID)); d.ID != booted.ID && !accept[d.ID][fp] {
 				t.Errorf("%s: deployment %s: etc/ is not the reference's", label, d.ID)
+			} else if want, ok := conflictsOf[fp]; ok && d.ID != booted.ID && recordConflicts(dir, d.ID) != want {
+				t.Errorf("%s: deployment %s: record lists conflicts %q, its etc/ is the merge with %q", label, d.ID, recordConflicts(dir, d.ID), want)
 			}
 		}
 		// Roots name existing images (fsck), before any gc.

@@ -13,12 +13,12 @@ import (
 // current /etc (the finalize step at shutdown: changes made to the booted
 // /etc since id was staged carry over): base is from's image, local
 // from's etc/, new id's image. The new etc/ is built in a store temp
-// directory, synced, and exchanged with id's etc/ in one
-// renameat2(RENAME_EXCHANGE), then deployment.json is replaced with the
-// new conflicts and MergedFrom. A crash before the exchange leaves the old
-// etc/, after it the new one (the record's conflicts may then be the old
-// merge's until the next Remerge). id must not be in use (ErrInUse): its
-// etc/ is replaced. Takes deploy.lock.
+// directory together with deployment.json (the new conflicts and
+// MergedFrom) and a hardlink of the same .lock, synced, and exchanged with
+// deployments/<id> in one renameat2(RENAME_EXCHANGE). A crash before the
+// exchange leaves the old etc/ and record, after it the new ones: the
+// record always lists the conflicts of the etc/ beside it. id must not be
+// in use (ErrInUse): its etc/ is replaced. Takes deploy.lock.
 func (m *Manager) Remerge(ctx context.Context, id, from string) ([]Conflict, error) {
 	unlock, err := m.lock(ctx)
 	if err != nil {
@@ -58,30 +58,40 @@ func (m *Manager) Remerge(ctx context.Context, id, from string) ([]Conflict, err
 	if err != nil {
 		return nil, fmt.Errorf("deploy: deployment %s: %w", id, err)
 	}
+	// The whole deployment directory is rebuilt and exchanged, so that its
+	// etc/ and the record listing that merge's conflicts change together.
 	td, err := m.store.NewTempDir(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("deploy: deployment %s: %w", id, err)
 	}
-	defer td.Release() // the old etc/ after the exchange
-	built := filepath.Join(td.Path(), dirEtc)
-	if err := apply(ctx, plan, built, applyOptions{crash: m.crash}); err != nil {
+	defer td.Release() // the old deployment directory after the exchange
+	build := td.Path()
+	if err := apply(ctx, plan, filepath.Join(build, dirEtc), applyOptions{crash: m.crash}); err != nil {
 		return nil, fmt.Errorf("deploy: deployment %s: %w", id, err)
 	}
-	if err := syncfs(built); err != nil {
+	d.MergedFrom, d.Conflicts = from, plan.Conflicts
+	if err := m.writeRecord(build, d, false); err != nil {
+		return nil, err
+	}
+	// The same .lock inode: a Hold that opened it before the exchange
+	// still finds it at its place after.
+	if err := os.Link(filepath.Join(m.dir(id), fileDepLock), filepath.Join(build, fileDepLock)); err != nil {
+		return nil, fmt.Errorf("deploy: deployment %s: %w", id, err)
+	}
+	if err := os.Chmod(build, 0o755); err != nil {
+		return nil, fmt.Errorf("deploy: %w", err)
+	}
+	if err := syncfs(build); err != nil {
 		return nil, err
 	}
 	m.crashPoint("remerge.synced")
-	if err := unix.Renameat2(unix.AT_FDCWD, built, unix.AT_FDCWD, m.EtcDir(id), unix.RENAME_EXCHANGE); err != nil {
-		return nil, fmt.Errorf("deploy: deployment %s: exchanging etc/: %w", id, err)
+	if err := unix.Renameat2(unix.AT_FDCWD, build, unix.AT_FDCWD, m.dir(id), unix.RENAME_EXCHANGE); err != nil {
+		return nil, fmt.Errorf("deploy: deployment %s: exchanging its directory: %w", id, err)
 	}
-	if err := syncDirs(m.dir(id), td.Path()); err != nil {
+	if err := syncDirs(m.deploymentsDir(), filepath.Dir(build)); err != nil {
 		return nil, err
 	}
 	m.crashPoint("remerge.exchanged")
-	d.MergedFrom, d.Conflicts = from, plan.Conflicts
-	if err := m.writeRecord(m.dir(id), d, true); err != nil {
-		return nil, err
-	}
 	return plan.Conflicts, nil
 }
 
