@@ -320,8 +320,20 @@ func TestRemerge(t *testing.T) {
 	// The user goes on changing the booted /etc after staging.
 	write(t, filepath.Join(e.m.EtcDir(booted.ID), "late"), "after staging\n")
 	write(t, filepath.Join(e.m.EtcDir(booted.ID), "motd"), "my motd\n")
+	lockBefore, _ := lstat(t, filepath.Join(e.m.dir(staged.ID), fileDepLock))
 	conflicts, err := e.m.Remerge(ctx, staged.ID, booted.ID)
 	must(t, err)
+	// The .lock is the same file, so a Hold waiting during the remerge
+	// finds it at its place; and a Hold now keeps Remove away.
+	if lockAfter, _ := lstat(t, filepath.Join(e.m.dir(staged.ID), fileDepLock)); lockAfter.Ino != lockBefore.Ino {
+		t.Errorf(".lock replaced by the remerge: inode %d, was %d", lockAfter.Ino, lockBefore.Ino)
+	}
+	release, err := e.m.Hold(ctx, staged.ID)
+	must(t, err)
+	if err := e.m.Remove(ctx, staged.ID); !errors.Is(err, ErrInUse) {
+		t.Errorf("Remove of a held deployment after remerge: %v", err)
+	}
+	release()
 	etc := e.m.EtcDir(staged.ID)
 	wantContent(t, filepath.Join(etc, "early"), "before staging\n")
 	wantContent(t, filepath.Join(etc, "late"), "after staging\n")
