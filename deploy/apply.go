@@ -23,7 +23,9 @@ type applyOptions struct {
 // every path with its type, content, mode, owner (lchown, so run as
 // root), xattrs and modification time; device nodes and FIFOs are made
 // with mknod, and regular files that were hardlinked in the local /etc
-// stay hardlinked when both names come from it. Nothing is fsynced: the
+// stay hardlinked when both names come from it. An image's external file
+// is checked against the digest its inode records while it is copied (an
+// error wrapping ErrBadImage names it). Nothing is fsynced: the
 // caller makes the result durable (Create runs one syncfs of the store's
 // filesystem before it renames the deployment into place). On an error
 // dst holds part of the tree; the caller removes it (Create builds in a
