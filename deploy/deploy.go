@@ -117,7 +117,8 @@ type Manager struct {
 	sysroot string
 	log     *slog.Logger
 
-	crash func(point string) // test hook, called at every crash point
+	crash     func(point string) // test hook, called at every crash point
+	mountinfo string             // the mount table read (tests); "" = /proc/self/mountinfo
 }
 
 // New returns a Manager for the deployments of store. sysroot is the

@@ -207,6 +207,13 @@ func TestRemoveInUse(t *testing.T) {
 	}
 	release()
 
+	// A mount table that cannot be read: nothing says etc/ is free.
+	e.m.mountinfo = filepath.Join(t.TempDir(), "no-mountinfo")
+	if err := e.m.Remove(ctx, d.ID); !errors.Is(err, ErrInUse) {
+		t.Fatalf("Remove without a mount table: %v", err)
+	}
+	e.m.mountinfo = ""
+
 	// etc/ bind-mounted, by a process that has since exited: only the
 	// mount table tells.
 	mnt := t.TempDir()

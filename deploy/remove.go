@@ -206,10 +206,17 @@ func (m *Manager) GC(ctx context.Context) (GCResult, error) {
 // mounted (as deployments/<id>/etc, or as removed/<removedName>/etc when
 // that is given). Any filesystem counts: st_dev and mountinfo's device
 // differ on btrfs subvolumes, and a false match only keeps a deployment.
+// A mount table that cannot be read counts as mounted: deleting the
+// directory would descend into a mounted etc/ and empty a live /etc.
 func (m *Manager) etcMounted(id, removedName string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	table := m.mountinfo
+	if table == "" {
+		table = "/proc/self/mountinfo"
+	}
+	b, err := os.ReadFile(table)
 	if err != nil {
-		return false
+		m.log.Warn("cannot read the mount table; treating the deployment's /etc as mounted", "id", id, "err", err)
+		return true
 	}
 	suffixes := []string{"/" + dirDeployments + "/" + id + "/" + dirEtc}
 	if removedName != "" {
