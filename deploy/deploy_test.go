@@ -281,6 +281,12 @@ func TestMountsUnder(t *testing.T) {
 			t.Errorf("%s: %v, want %v", c.suffix, got, c.want)
 		}
 	}
+	// A line too long to scan hides the lines after it: that table says
+	// nothing is free.
+	long := append([]byte("50 22 0:1 / /long rw - overlay overlay rw,lowerdir="+strings.Repeat("x", 2<<20)+"\n"), table...)
+	if !mountsUnder(long, []string{"/deployments/abc.2/etc"}) {
+		t.Error("a mount table that could not be read to its end counted as free")
+	}
 }
 
 // TestImageWithoutEtc: a clear error naming the image, nothing left.

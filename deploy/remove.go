@@ -227,7 +227,8 @@ func (m *Manager) etcMounted(id, removedName string) bool {
 
 // mountsUnder reports whether a mountinfo table has a mount whose root
 // (the path inside its filesystem, field 4) is one of the directories
-// named by suffixes or below one.
+// named by suffixes or below one; a table it cannot read to the end (a
+// line over 1 MiB) counts as having one.
 func mountsUnder(table []byte, suffixes []string) bool {
 	sc := bufio.NewScanner(bytes.NewReader(table))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -243,7 +244,7 @@ func mountsUnder(table []byte, suffixes []string) bool {
 			}
 		}
 	}
-	return false
+	return sc.Err() != nil
 }
 
 // unescapeMountinfo undoes the kernel's octal escapes (\040 etc.).
