@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/twinroot/twinroot/erofs"
@@ -87,6 +88,12 @@ func TestMountinfoMentions(t *testing.T) {
 		if got := mountinfoMentions([]byte(tc.line+"\n"), []string{img}); got != tc.want {
 			t.Errorf("%q: %v, want %v", tc.line, got, tc.want)
 		}
+	}
+	// A line too long to scan must not end the table silently: the image
+	// counts as mounted.
+	long := "50 22 0:1 / /long rw - overlay overlay rw,lowerdir=" + strings.Repeat("x", 2<<20) + "\n"
+	if !mountinfoMentions([]byte(long+tests[0].line+"\n"), []string{"/nowhere"}) {
+		t.Error("a table that could not be read to its end counted as not mounting the image")
 	}
 	if got := mountinfoEscape("/a b\\c"); got != `/a\040b\134c` {
 		t.Errorf("escape: %q", got)

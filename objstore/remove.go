@@ -401,7 +401,9 @@ func (s *Store) InUse(d verity.Digest) bool {
 func (s *Store) mounted(d verity.Digest) bool {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return false
+		// Nothing says it is free: deleting objects under a mounted image
+		// would make its files fail.
+		return true
 	}
 	var pats []string
 	for _, r := range []string{s.root, s.canonRoot} {
@@ -416,7 +418,8 @@ func (s *Store) mounted(d verity.Digest) bool {
 // mountinfoMentions reports whether any line of a mountinfo table has one
 // of pats (escaped paths) as its mount source or inside its super options,
 // followed by the end of the field or one of "/:,." (so a digest that is
-// a prefix of another does not match; removed/<hex>.<suffix> does).
+// a prefix of another does not match; removed/<hex>.<suffix> does). A
+// table it cannot read to the end (a line over 1 MiB) counts as a mention.
 func mountinfoMentions(table []byte, pats []string) bool {
 	sc := bufio.NewScanner(bytes.NewReader(table))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -447,7 +450,7 @@ func mountinfoMentions(table []byte, pats []string) bool {
 			}
 		}
 	}
-	return false
+	return sc.Err() != nil
 }
 
 // mountinfoEscape escapes a path the way the kernel writes it in
