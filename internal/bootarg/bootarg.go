@@ -92,21 +92,26 @@ func ParseValue(v string) (Arg, error) {
 }
 
 // Fields splits a kernel command line as the kernel does: on spaces, tabs
-// and newlines, with double quotes grouping (the quotes are removed).
+// and newlines, with double quotes grouping (the quotes are removed). A bare,
+// unquoted "--" ends the kernel's arguments: what follows is passed to init,
+// so it is left out.
 func Fields(cmdline string) []string {
 	var out []string
 	var b strings.Builder
-	quoted, have := false, false
+	quoted, have, hadQuote := false, false, false
 	for _, r := range cmdline {
 		switch {
 		case r == '"':
 			quoted = !quoted
-			have = true
+			have, hadQuote = true, true
 		case !quoted && (r == ' ' || r == '\t' || r == '\n'):
 			if have {
+				if !hadQuote && b.String() == "--" {
+					return out
+				}
 				out = append(out, b.String())
 				b.Reset()
-				have = false
+				have, hadQuote = false, false
 			}
 			continue
 		default:
@@ -114,7 +119,7 @@ func Fields(cmdline string) []string {
 			have = true
 		}
 	}
-	if have {
+	if have && (hadQuote || b.String() != "--") {
 		out = append(out, b.String())
 	}
 	return out

@@ -59,6 +59,16 @@ func TestFields(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("Fields = %q, want %q", got, want)
 	}
+	// After a bare "--" the arguments are init's, not the kernel's.
+	if got := Fields(`a -- twinroot=x b`); !reflect.DeepEqual(got, []string{"a"}) {
+		t.Fatalf("Fields after -- = %q", got)
+	}
+	if got := Fields(`a "--" b --`); !reflect.DeepEqual(got, []string{"a", "--", "b"}) {
+		t.Fatalf("Fields with quoted -- = %q", got)
+	}
+	if _, err := Parse("root=/dev/vda -- twinroot=a.0:" + strings.Repeat("0", 64)); !errors.Is(err, ErrMissing) {
+		t.Fatalf("twinroot= after -- was honoured: %v", err)
+	}
 	if v, ok := Value("x=1 twinroot.verity=require x=2", "x"); !ok || v != "2" {
 		t.Fatalf("Value = %q %v", v, ok)
 	}
