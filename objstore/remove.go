@@ -86,8 +86,12 @@ func (s *Store) Remove(ctx context.Context, d verity.Digest) error {
 		}
 		return fmt.Errorf("objstore: removing image %s: %w", d, err)
 	}
-	if err := atomicfile.SyncDir(filepath.Join(s.root, dirImages)); err != nil {
-		return fmt.Errorf("objstore: removing image %s: %w", d, err)
+	// Both directories the rename touched: images/ so the image stays gone,
+	// removed/ so the directory is not lost (to lost+found) with its links.
+	for _, dir := range []string{dirImages, dirRemoved} {
+		if err := atomicfile.SyncDir(filepath.Join(s.root, dir)); err != nil {
+			return fmt.Errorf("objstore: removing image %s: %w", d, err)
+		}
 	}
 	s.crashPoint("remove.renamed")
 	res, err := s.finishRemoval(ctx, name, false)
