@@ -51,3 +51,18 @@ func TestRelayBytes(t *testing.T) {
 		t.Errorf("relayBytes = %d, %d; want 105, 2", down, conns)
 	}
 }
+
+func TestStatusAfterWarnings(t *testing.T) {
+	out := "E2E-BEGIN status\nlevel=WARN msg=\"staged entries from an earlier boot\"\n" +
+		"{\"status\":{\"booted\":{\"id\":\"a.0\",\"image\":{\"version\":\"2\"}}}}\nE2E-END status\nE2E-STATUS status 0\n"
+	h, err := status(bootResult{Output: out}, "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := h.Status.Booted.version(); v != "2" {
+		t.Errorf("booted version %q, want 2", v)
+	}
+	if _, err := status(bootResult{Output: "E2E-BEGIN status\nnot json\nE2E-END status\nE2E-STATUS status 0\n"}, "status"); err == nil {
+		t.Error("status accepted a section without a JSON document")
+	}
+}

@@ -209,8 +209,14 @@ func status(res bootResult, name string) (host, error) {
 	if code != 0 {
 		return h, fmt.Errorf("status --json exited %d: %s", code, strings.TrimSpace(s))
 	}
-	if err := json.Unmarshal([]byte(s), &h); err != nil {
-		return h, fmt.Errorf("status --json: %w: %s", err, s)
+	// Warnings go to stderr, which the section holds too: the document
+	// starts at the first line that opens an object.
+	doc := s
+	if i := strings.Index(s, "\n{"); i >= 0 && !strings.HasPrefix(s, "{") {
+		doc = s[i+1:]
+	}
+	if err := json.Unmarshal([]byte(doc), &h); err != nil {
+		return h, fmt.Errorf("status --json: %w: %s", err, lastLines(s, 3))
 	}
 	return h, nil
 }
