@@ -460,4 +460,31 @@ func TestLifecycle(t *testing.T) {
 	if h = s.status(t); id(h.Status.Default) != v4ID || id(h.Status.Rollback) != v2ID {
 		t.Fatalf("finalize after gc: %s", roles(h))
 	}
+
+	// v4 never boots: systemd-boot uses up its three tries and falls back
+	// to v2, which keeps running. Rollback must not make the failed v4 the
+	// default again: it goes further back, to v1, with v2 as the fallback;
+	// booted into v1, rollback brings v2 back.
+	entries := filepath.Join(s.boot, "loader", "entries")
+	failed := h.Status.Default.Boot.Entry
+	exhausted := strings.Replace(failed, "+3.conf", "+0-3.conf", 1)
+	if exhausted == failed {
+		t.Fatalf("the default entry %s has no +3 counter", failed)
+	}
+	if err := os.Rename(filepath.Join(entries, failed), filepath.Join(entries, exhausted)); err != nil {
+		t.Fatal(err)
+	}
+	// The boot loader sorts an exhausted entry last: v2 is the default now.
+	if h = s.status(t); id(h.Status.Default) != v2ID || id(h.Status.Rollback) != v4ID || h.Status.Rollback.Boot == nil || h.Status.Rollback.Boot.TriesLeft == nil || *h.Status.Rollback.Boot.TriesLeft != 0 {
+		t.Fatalf("v4's exhausted entry: %s, %+v", roles(h), h.Status.Rollback)
+	}
+	res = lastResult(t, s.mustCLI(t, "rollback", "--json"))
+	if h = s.status(t); res.Deployment != v1ID || id(h.Status.Default) != v1ID || id(h.Status.Rollback) != v2ID || id(h.Status.Booted) != v2ID {
+		t.Fatalf("rollback after v4 failed: %+v, %s", res, roles(h))
+	}
+	s.setBooted(t, "twinroot="+v1ID+":"+h.Status.Default.Image.ComposefsDigest)
+	res = lastResult(t, s.mustCLI(t, "rollback", "--json"))
+	if h = s.status(t); res.Deployment != v2ID || id(h.Status.Default) != v2ID || id(h.Status.Rollback) != v1ID {
+		t.Fatalf("rollback booted into v1: %+v, %s", res, roles(h))
+	}
 }
