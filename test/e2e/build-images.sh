@@ -313,11 +313,12 @@ LAYERS=("$V2/upper")
 pack v2 "$V2_KEY" -from v1 -overlay -created 2026-01-02T00:00:00Z -label org.opencontainers.image.version=2
 LAYERS=("$V3/upper")
 pack v3 "$V3_KEY" -from v1 -overlay -created 2026-01-03T00:00:00Z -label org.opencontainers.image.version=3
-# The power-cut images: v2 plus a one-file layer each, versions 2.01, 2.02...,
+# The power-cut images: v2 plus a one-file layer each, versions 2.00 (the
+# uncut trial that times the phases), 2.01, 2.02...,
 # so every trial of step 5 has something new to fetch.
 CUTS=${TWINROOT_E2E_CUTS:-20}
 mkdir -p "$CACHE/cut-layers"
-for i in $(seq -f %02g 1 "$CUTS"); do
+for i in $(seq -f %02g 0 "$CUTS"); do
 	d=$CACHE/cut-layers/$i
 	mkdir -p "$d/usr/share/twinroot-e2e"
 	echo "power-cut image $i" >"$d/usr/share/twinroot-e2e/cut"

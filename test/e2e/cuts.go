@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // rootPartOffset is where mkdisk.sh puts the root partition of a disk made
@@ -117,7 +116,15 @@ func flipByte(disk string, off int64) error {
 	return f.Sync()
 }
 
+// step7Script first makes garbage the way an operator does: it stages v3
+// with switch, changes its mind (rollback discards the staged update, and
+// swaps the entries) and rolls back again, so the boot order is as before
+// and v3's deployment and image are needed by nothing. gc must remove
+// exactly those (and, after step 3, the failed v3 deployment too).
 const step7Script = `
+capture switch "$U" switch ` + refV3 + `
+capture rollback1 "$U" rollback
+capture rollback2 "$U" rollback
 capture before "$U" status --json
 capture gc "$U" gc
 capture after "$U" status --json
@@ -142,14 +149,26 @@ func (r *run) step7(ctx context.Context, o *outcome) {
 		o.fail("%v", err)
 		return
 	}
+	for _, n := range []string{"switch", "rollback1", "rollback2"} {
+		if out, code := section(res.Output, n); code != 0 {
+			o.fail("%s exited %d: %s", n, code, lastLines(out, 6))
+			return
+		}
+	}
 	if out, code := section(res.Output, "gc"); code != 0 {
 		o.fail("gc exited %d: %s", code, lastLines(out, 6))
 	}
 	if _, code := section(res.Output, "fsck"); code != 0 {
 		o.fail("fsck after gc exited %d", code)
 	}
+	if b := before.Status.Booted; b.version() != "2" {
+		o.fail("booted %q before gc, want 2", b.version())
+	}
+	if s := before.Status.Staged; s != nil {
+		o.fail("the rollback left %s staged", s.ID)
+	}
 	keep := map[string]bool{}
-	for _, e := range []*entry{before.Status.Booted, before.Status.Staged, before.Status.Rollback} {
+	for _, e := range []*entry{before.Status.Booted, before.Status.Staged, before.Status.Rollback, before.Status.Default} {
 		if e != nil {
 			keep[e.ID] = true
 		}
@@ -168,154 +187,23 @@ func (r *run) step7(ctx context.Context, o *outcome) {
 			o.fail("gc kept %s, which no booted, staged or rollback deployment is", id)
 		}
 	}
-	o.note("deployments %d → %d, images in the store %d → %d", len(before.all()), len(after.all()),
-		before.Status.Store.Images, after.Status.Store.Images)
-}
-
-// The power-cut trials: each boot first checks what the previous cut left
-// (a complete deployment booted, the old one or the new one, and a clean
-// fsck), then starts the next upgrade and has its power cut at a seeded
-// moment, either while `upgrade` runs or while the shutdown finalizes it.
-const cutCheckScript = `
-capture status "$U" status --json
-capture fsck "$U" fsck
-`
-
-const cutUpgradeScript = `
-e2e_mark cut-start
-capture upgrade "$U" upgrade
-e2e_mark cut-done
-touch /run/twinroot-e2e-keep-running
-sleep 600
-`
-
-const cutFinalizeScript = `
-capture upgrade "$U" upgrade || exit 1
-e2e_mark cut-start
-touch /run/twinroot-e2e-keep-running
-systemctl reboot
-sleep 600
-`
-
-// step5 runs the power-cut trials. Trial i upgrades to image cut-i (v2 plus
-// a one-file layer, version 2.i, pushed by run.sh), so every trial has
-// something new to fetch whatever the previous one left.
-func (r *run) step5(ctx context.Context, o *outcome) {
-	rnd := newRand(r.c.seed)
-	upWin, finWin := r.upgradeWall, r.finalize
-	if upWin == 0 {
-		upWin = 60 * time.Second
+	var v3 []string
+	for _, e := range before.all() {
+		if e.version() == "3" {
+			v3 = append(v3, e.ID)
+		}
 	}
-	if finWin == 0 {
-		finWin = 30 * time.Second
+	if len(v3) == 0 {
+		o.fail("status before gc lists no v3 deployment: the switch made none")
 	}
-	o.note("seed %d; windows: upgrade %s, finalize %s", r.c.seed, secs(upWin), secs(finWin))
-	prev, pending := "", ""
-	var outcomes []string
-	// The outcomes so far go into the row however the loop ends.
-	defer func() {
-		for _, s := range outcomes {
-			o.note("%s", s)
-		}
-		r.metrics = append(r.metrics, fmt.Sprintf("power cuts: %d of %d trials run (seed %d), outcomes in row 5",
-			len(outcomes), r.c.cuts, r.c.seed))
-	}()
-	for i := 1; i <= r.c.cuts+1; i++ {
-		if ctx.Err() != nil {
-			o.fail("interrupted at trial %d", i)
-			return
-		}
-		last := i == r.c.cuts+1
-		script := cutCheckScript
-		kind := "upgrade"
-		var delay time.Duration
-		if !last {
-			tag := fmt.Sprintf("cut-%02d", i)
-			if err := skopeoTag(ctx, r.c.port, tag, "stable"); err != nil {
-				o.fail("%v", err)
-				return
-			}
-			if i%2 == 0 {
-				kind = "finalize"
-				script += cutFinalizeScript
-				delay = time.Duration(rnd.Float64() * 1.1 * float64(finWin))
-			} else {
-				script += cutUpgradeScript
-				delay = time.Duration(rnd.Float64() * 1.1 * float64(upWin))
-			}
-		} else {
-			script += "finish\n"
-		}
-		var t0 time.Duration
-		kill := func(line string, since time.Duration) bool {
-			if last {
-				return false
-			}
-			if t0 == 0 && strings.TrimSpace(line) == "E2E-MARK cut-start" {
-				t0 = since
-			}
-			return t0 != 0 && since >= t0+delay
-		}
-		// A boot that does not reach the driver (a failed boot) is followed
-		// by the next one: systemd-boot must get to a complete deployment.
-		var res bootResult
-		var err error
-		bootsTried := 0
-		for bootsTried < 4 {
-			bootsTried++
-			res, err = r.target.boot(ctx, bootOptions{Script: script, KillAt: kill})
-			if err != nil || res.Up != 0 {
-				break
-			}
-		}
-		if err != nil {
-			o.fail("trial %d: %v", i, err)
-			return
-		}
-		if res.Up == 0 {
-			o.fail("trial %d: no boot reached the driver in %d boots", i, bootsTried)
-			return
-		}
-		// What the previous cut left.
-		h, err := status(res, "status")
-		if err != nil {
-			o.fail("after cut %d: %v", i-1, err)
-		} else {
-			v := h.Status.Booted.version()
-			if i > 1 && v != prev && v != pending {
-				o.fail("after cut %d: booted version %q, neither %q (before) nor %q (the upgrade)", i-1, v, prev, pending)
-			}
-			if i > 1 {
-				outcomes[len(outcomes)-1] += fmt.Sprintf(" → booted %s", v)
-			}
-			prev = v
-		}
-		if _, code := section(res.Output, "fsck"); code != 0 {
-			o.fail("after cut %d: fsck exited %d", i-1, code)
-		}
-		if bootsTried > 1 {
-			o.note("after cut %d: %d boots failed before one completed", i-1, bootsTried-1)
-		}
-		if last {
-			break
-		}
-		pending = fmt.Sprintf("2.%02d", i)
-		what := fmt.Sprintf("cut %d (%s, +%s)", i, kind, secs(delay))
-		if out, code := section(res.Output, "upgrade"); code > 0 {
-			what := fmt.Sprintf("cut %d: upgrade exited %d before the cut: %s", i, code, lastLines(out, 3))
-			o.fail("%s", what)
-		}
-		switch {
-		case res.Killed && t0 != 0:
-			what += fmt.Sprintf(": power cut %s after the mark", secs(res.KilledAt-t0))
-			if _, done := res.Marks["cut-done"]; done {
-				what += " (upgrade had finished)"
-			}
-		case t0 == 0:
-			what += ": the step never reached its mark"
-		default:
-			what += ": finished before the cut point"
-		}
-		outcomes = append(outcomes, what)
+	if len(after.all()) >= len(before.all()) {
+		o.fail("gc removed no deployment (%d before, %d after)", len(before.all()), len(after.all()))
 	}
+	if after.Status.Store.Images >= before.Status.Store.Images {
+		o.fail("gc removed no image (%d before, %d after), though v3's image is needed by nothing", before.Status.Store.Images, after.Status.Store.Images)
+	}
+	gcOut, _ := section(res.Output, "gc")
+	o.note("v3 deployments %s made garbage; deployments %d → %d, images in the store %d → %d; gc: %s",
+		strings.Join(v3, ", "), len(before.all()), len(after.all()),
+		before.Status.Store.Images, after.Status.Store.Images, lastLines(gcOut, 1))
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
 )
 
 func TestSection(t *testing.T) {
@@ -64,5 +66,42 @@ func TestStatusAfterWarnings(t *testing.T) {
 	}
 	if _, err := status(bootResult{Output: "E2E-BEGIN status\nnot json\nE2E-END status\nE2E-STATUS status 0\n"}, "status"); err == nil {
 		t.Error("status accepted a section without a JSON document")
+	}
+}
+
+func TestTimeline(t *testing.T) {
+	s := time.Second
+	lines := []struct {
+		line string
+		at   time.Duration
+	}{
+		{`level=INFO msg="too early" phase=resolve`, 1 * s},
+		{"E2E-MARK upgrade-start", 2 * s},
+		{`time=2026-12-01T10:00:00Z level=INFO msg="checking docker://r/os:stable" phase=resolve`, 3 * s},
+		{`E2E-BEGIN upgrade`, 3 * s},
+		{`level=INFO msg="pulling docker://r/os:stable (5 layers, 1 MB)" phase=pull`, 4 * s},
+		{`level=INFO msg="pulling again" phase=pull`, 5 * s},
+		{`level=INFO msg="staging boot entries: a.0 first" phase=stage`, 7 * s},
+		{"E2E-MARK upgrade-done", 8 * s},
+		{`level=INFO msg="late" phase=gc`, 9 * s},
+	}
+	tl := newTimeline("upgrade")
+	for _, l := range lines {
+		tl.see(l.line, l.at)
+	}
+	want := []segment{{"start", 1 * s}, {"resolve/checking", 1 * s}, {"pull/pulling", 3 * s}, {"stage/staging", 1 * s}}
+	if got := tl.segments(); !slices.Equal(got, want) {
+		t.Errorf("segments = %v, want %v", got, want)
+	}
+	for _, tt := range []struct {
+		at   time.Duration
+		want string
+	}{{1 * s, "before"}, {2 * s, "start"}, {4500 * time.Millisecond, "pull/pulling"}, {7 * s, "stage/staging"}, {8 * s, "after"}} {
+		if got := tl.at(tt.at); got != tt.want {
+			t.Errorf("at(%v) = %q, want %q", tt.at, got, tt.want)
+		}
+	}
+	if n := phaseOf("E2E-OK level=x phase"); n != "" {
+		t.Errorf("phaseOf of a non-log line = %q", n)
 	}
 }

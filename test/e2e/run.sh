@@ -81,7 +81,7 @@ EOF
 done
 [ -n "$REG_PID" ] || die "registry did not start; see $W/registry.log"
 tags=(v1 v2 v3)
-for i in $(seq -f %02g 1 "$(cat "$OCI/cuts")"); do tags+=("cut-$i"); done
+for i in $(seq -f %02g 0 "$(cat "$OCI/cuts")"); do tags+=("cut-$i"); done
 for t in "${tags[@]}"; do
 	skopeo copy -q --dest-tls-verify=false "oci:$OCI:$t" "docker://127.0.0.1:$PORT/e2e/os:$t"
 done
