@@ -74,8 +74,8 @@ func (p *Partition) Stage(ctx context.Context, first Deployment, fallback *Deplo
 		return err
 	}
 	staged := filepath.Join(loader, stagedName)
-	if err := os.RemoveAll(staged); err != nil {
-		return fmt.Errorf("boot: %w", err)
+	if err := p.removeSet(loader, stagedName); err != nil {
+		return err
 	}
 	if err := rename(build, staged); err != nil {
 		return err
@@ -308,11 +308,19 @@ func (p *Partition) cleanupLocked() error {
 	}
 	changed := false
 	for _, de := range ents {
-		if strings.HasPrefix(de.Name(), buildingPrefix) || strings.HasPrefix(de.Name(), tmpPrefix) {
-			if err := os.RemoveAll(filepath.Join(loader, de.Name())); err != nil {
-				return fmt.Errorf("boot: %w", err)
+		n := de.Name()
+		switch {
+		case strings.HasPrefix(n, buildingPrefix) || strings.HasPrefix(n, tmpPrefix):
+			// Nothing reads these; one that cannot be removed is set
+			// aside rather than stopping every later stage and commit.
+			if err := p.removeSet(loader, n); err != nil {
+				return err
 			}
 			changed = true
+		case strings.HasPrefix(n, brokenPrefix):
+			if os.RemoveAll(filepath.Join(loader, n)) == nil {
+				changed = true
+			}
 		}
 	}
 	cur, err := readSet(filepath.Join(loader, entriesName))
@@ -323,15 +331,23 @@ func (p *Partition) cleanupLocked() error {
 	pending := false
 	if _, err := os.Stat(stDir); err == nil {
 		st, err := readSet(stDir)
-		if err != nil {
-			return err
-		}
-		if st.gen != cur.gen+1 {
-			if err := os.RemoveAll(stDir); err != nil {
-				return fmt.Errorf("boot: %w", err)
+		switch {
+		case err != nil:
+			// A power cut can leave a FAT directory that reads back as
+			// EIO. A staged set that cannot be read cannot be committed;
+			// it is dropped like a stale one, so that the next upgrade
+			// can stage again without waiting for fsck.fat.
+			p.log.Warn("boot: the staged entry set cannot be read; discarding it", "partition", p.dir, "err", err)
+			if err := p.removeSet(loader, stagedName); err != nil {
+				return err
 			}
 			changed = true
-		} else {
+		case st.gen != cur.gen+1:
+			if err := p.removeSet(loader, stagedName); err != nil {
+				return err
+			}
+			changed = true
+		default:
 			pending = true
 		}
 	}
@@ -355,6 +371,24 @@ func (p *Partition) cleanupLocked() error {
 	return nil
 }
 
+// removeSet removes loader/name. When its contents cannot be removed (a
+// damaged FAT directory gives EIO) it is renamed to a hidden name in
+// loader/, where neither systemd-boot nor a later readSet looks, and later
+// cleanups try again to remove it.
+func (p *Partition) removeSet(loader, name string) error {
+	dir := filepath.Join(loader, name)
+	err := os.RemoveAll(dir)
+	if err == nil {
+		return nil
+	}
+	aside := filepath.Join(loader, brokenPrefix+randSuffix())
+	if rerr := os.Rename(dir, aside); rerr != nil {
+		return fmt.Errorf("boot: %w (and renaming it aside: %v)", err, rerr)
+	}
+	p.log.Warn("boot: a directory could not be removed; set aside", "dir", dir, "aside", aside, "err", err)
+	return nil
+}
+
 // DiscardStaged removes the staged set, if any.
 func (p *Partition) DiscardStaged(ctx context.Context) error {
 	unlock, err := p.lock(ctx)
@@ -363,8 +397,11 @@ func (p *Partition) DiscardStaged(ctx context.Context) error {
 	}
 	defer unlock()
 	loader := filepath.Join(p.dir, loaderDir)
-	if err := os.RemoveAll(filepath.Join(loader, stagedName)); err != nil {
-		return fmt.Errorf("boot: %w", err)
+	if _, err := os.Lstat(filepath.Join(loader, stagedName)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := p.removeSet(loader, stagedName); err != nil {
+		return err
 	}
 	return syncDir(loader)
 }

@@ -24,6 +24,7 @@ const (
 	entriesName    = "entries"
 	stagedName     = "entries.staged"
 	buildingPrefix = ".entries.building-"
+	brokenPrefix   = ".entries.broken-" // sets that could not be removed
 	setFile        = ".twinroot-set"
 	kernelDir      = "twinroot"
 	tmpPrefix      = ".tmp-"
@@ -279,7 +280,10 @@ func (p *Partition) Staged(ctx context.Context) ([]InstalledEntry, bool, error) 
 	}
 	st, err := readSet(filepath.Join(p.dir, loaderDir, stagedName))
 	if err != nil {
-		return nil, false, err
+		// Unreadable (a FAT directory damaged by a power cut): nothing
+		// that can be committed; the next Stage or commit removes it.
+		p.log.Warn("boot: the staged entry set cannot be read; it is ignored and replaced by the next upgrade", "partition", p.dir, "err", err)
+		return nil, false, nil
 	}
 	if st.gen != cur.gen+1 || len(st.entries) == 0 || len(st.entries) != len(st.bases) {
 		return nil, false, nil
