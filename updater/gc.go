@@ -21,11 +21,43 @@ func GC(ctx context.Context, o Options) (Result, error) {
 		return Result{}, err
 	}
 	defer u.Close()
+	res := Result{APIVersion: APIVersion, Kind: "Result", Verb: "gc", Removed: []string{}, Conflicts: []EtcConflict{}}
+	c, err := u.collect(ctx, true)
+	res.Removed, res.FreedBytes = c.removed, c.bytes
+	if err != nil {
+		return res, err
+	}
+	res.Changed = len(res.Removed) > 0 || c.objects > 0
+	res.Message = c.String()
+	return res, nil
+}
+
+// collected is what collect removed.
+type collected struct {
+	removed []string // "deployment <id>", "image <hex>", "boot <file>"
+	bytes   int64    // freed in the store
+	objects int
+}
+
+func (c collected) String() string {
+	return fmt.Sprintf("removed %d deployments, %d images, %d boot files; freed %s in %d objects",
+		count(c.removed, "deployment "), count(c.removed, "image "), count(c.removed, "boot "), humanBytes(c.bytes), c.objects)
+}
+
+// collect removes the deployments nothing needs: every one but the booted,
+// staged, default, rollback and pinned ones and those any current or staged
+// boot entry names. Then images: with all, every image no GC root names
+// and nothing has in use (gc); without, only those the removed deployments
+// left unrooted (the prune after an upgrade, which leaves an image pulled
+// with --download-only or by hand alone). Then the objects left
+// unreferenced and the kernels no entry boots. It reads the state itself,
+// under the caller's lock.
+func (u *Updater) collect(ctx context.Context, all bool) (collected, error) {
+	var c collected
 	s, err := u.state(ctx)
 	if err != nil {
-		return Result{}, err
+		return c, err
 	}
-	res := Result{APIVersion: APIVersion, Kind: "Result", Verb: "gc", Removed: []string{}, Conflicts: []EtcConflict{}}
 	keep := map[string]bool{}
 	for _, id := range []string{s.booted, s.stagedD, s.def, s.rollbk} {
 		keep[id] = id != ""
@@ -33,6 +65,7 @@ func GC(ctx context.Context, o Options) (Result, error) {
 	for _, e := range append(append(s.entries[:0:0], s.entries...), s.staged...) {
 		keep[e.ID] = true // every entry that can boot keeps its deployment
 	}
+	freed := map[verity.Digest]bool{}
 	for _, d := range s.order {
 		if keep[d.ID] || d.Pinned {
 			continue
@@ -43,16 +76,17 @@ func GC(ctx context.Context, o Options) (Result, error) {
 				u.o.Log.Warn("deployment in use, kept", "deployment", d.ID)
 				continue
 			}
-			return res, friendly(err)
+			return c, friendly(err)
 		}
-		res.Removed = append(res.Removed, "deployment "+d.ID)
+		c.removed = append(c.removed, "deployment "+d.ID)
+		freed[d.Image] = true
 	}
 	if _, err := u.dep.GC(ctx); err != nil {
-		return res, friendly(err)
+		return c, friendly(err)
 	}
 	roots, err := u.store.Roots(ctx)
 	if err != nil {
-		return res, err
+		return c, err
 	}
 	rooted := map[verity.Digest]bool{}
 	for _, d := range roots {
@@ -60,10 +94,10 @@ func GC(ctx context.Context, o Options) (Result, error) {
 	}
 	imgs, err := u.store.Images(ctx)
 	if err != nil {
-		return res, err
+		return c, err
 	}
 	for _, im := range imgs {
-		if rooted[im.Digest] || u.store.InUse(im.Digest) {
+		if rooted[im.Digest] || u.store.InUse(im.Digest) || !(all || freed[im.Digest]) {
 			continue
 		}
 		u.o.emit("gc", "removing image "+im.Digest.Hex()[:12])
@@ -71,26 +105,23 @@ func GC(ctx context.Context, o Options) (Result, error) {
 			if errors.Is(err, objstore.ErrRooted) {
 				continue // a deploy raced us
 			}
-			return res, err
+			return c, err
 		}
-		res.Removed = append(res.Removed, "image "+im.Digest.Hex())
+		c.removed = append(c.removed, "image "+im.Digest.Hex())
 	}
 	g, err := u.store.GC(ctx, objstore.GCOptions{})
 	if err != nil {
-		return res, err
+		return c, err
 	}
-	res.FreedBytes = g.Bytes
+	c.bytes, c.objects = g.Bytes, g.Objects
 	files, err := u.boot.GC(ctx)
 	if err != nil {
-		return res, friendly(err)
+		return c, friendly(err)
 	}
 	for _, f := range files {
-		res.Removed = append(res.Removed, "boot "+f)
+		c.removed = append(c.removed, "boot "+f)
 	}
-	res.Changed = len(res.Removed) > 0 || g.Objects > 0
-	res.Message = fmt.Sprintf("removed %d deployments, %d images, %d boot files; freed %s in %d objects",
-		count(res.Removed, "deployment "), count(res.Removed, "image "), count(res.Removed, "boot "), humanBytes(g.Bytes), g.Objects)
-	return res, nil
+	return c, nil
 }
 
 func count(l []string, prefix string) int {

@@ -203,10 +203,11 @@ type Result struct {
 	Deployment string `json:"deployment"`
 	// RebootNeeded is true when the change takes effect at the next boot.
 	RebootNeeded bool `json:"rebootNeeded"`
-	// Removed lists what gc removed: "deployment <id>", "image <hex>",
-	// "boot <file>".
+	// Removed lists what gc, or the prune after an upgrade or switch,
+	// removed: "deployment <id>", "image <hex>", "boot <file>".
 	Removed []string `json:"removed"`
-	// FreedBytes is what gc freed in the store.
+	// FreedBytes is what gc, or the prune after an upgrade or switch,
+	// freed in the store.
 	FreedBytes int64 `json:"freedBytes"`
 	// Conflicts are /etc merge conflicts of the deployment made.
 	Conflicts []EtcConflict `json:"conflicts"`

@@ -123,8 +123,27 @@ func upgrade(ctx context.Context, o Options, uo UpgradeOptions, verb, ref string
 	}
 	res.RebootNeeded = true
 	res.Message = fmt.Sprintf("staged %s (%s); it boots after the next reboot", d.ID, versionOr(d.Origin.Version, pr.Manifest))
+	u.prune(ctx, &res)
 	u.shareWithContainers(ctx)
 	return res, nil
+}
+
+// prune removes, once the update is staged, what nothing needs any more,
+// as ostree's upgrade does: the deployment a newer upgrade replaced as the
+// staged one, the one that was the rollback before, and their images and
+// kernels, so that a machine the timer keeps current does not fill its
+// disk. Pinned deployments and images not made by a deployment stay (gc
+// takes those). Best effort: the update is staged whatever happens here.
+func (u *Updater) prune(ctx context.Context, res *Result) {
+	c, err := u.collect(ctx, false)
+	res.Removed, res.FreedBytes = append(res.Removed, c.removed...), c.bytes
+	if err != nil {
+		u.o.Log.Warn("pruning after the upgrade failed; the update is staged, 'updatectl gc' retries", "err", err)
+		return
+	}
+	if len(c.removed) > 0 || c.objects > 0 {
+		u.o.emit("gc", "pruned: "+c.String())
+	}
 }
 
 // shareWithContainers links the store's objects with identical files of

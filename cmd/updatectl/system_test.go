@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -320,9 +321,12 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("finalize after a crash: %+v, %s", res, roles(h))
 	}
 	res = lastResult(t, s.mustCLI(t, append([]string{"upgrade", "--json"}, netFlags...)...))
-	dropped := v2ID // a deployment in no role now: gc removes it below
+	dropped := v2ID // in no role now: the upgrade prunes it
 	if v2ID = res.Deployment; !res.Changed || v2ID == dropped {
 		t.Fatalf("upgrade after the dropped update: %+v", res)
+	}
+	if !slices.Contains(res.Removed, "deployment "+dropped) {
+		t.Errorf("the upgrade did not prune %s, dropped after the crash: %v", dropped, res.Removed)
 	}
 	// Another crash, and this time upgrade runs before any finalize: the
 	// stale staged set does not count as staged, so it stages again.
@@ -331,6 +335,9 @@ func TestLifecycle(t *testing.T) {
 	dropped2 := v2ID
 	if v2ID = res.Deployment; !res.Changed || v2ID == dropped2 {
 		t.Fatalf("upgrade over a set staged before a crash: %+v", res)
+	}
+	if !slices.Contains(res.Removed, "deployment "+dropped2) || slices.Contains(res.Removed, "deployment "+v1ID) {
+		t.Errorf("the upgrade over a stale staged set pruned %v; want %s and not %s", res.Removed, dropped2, v1ID)
 	}
 
 	// Finalize (at shutdown): v2 first, v1 its fallback.
@@ -393,10 +400,17 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("rollback with v3 staged: %s", roles(h))
 	}
 	s.mustCLI(t, "rollback") // v2 default again, v1 rollback; v3 is in no role now
+	// Pinned, v3 survives the prunes below and gc; unpinned, gc removes it.
+	if res := lastResult(t, s.mustCLI(t, "pin", "--json", v3ID)); !res.Changed {
+		t.Errorf("pin: %+v", res)
+	}
+	if code, _, errOut := s.cli(t, "pin", "nosuch.0"); code != exitFailure || !strings.Contains(errOut, "no such deployment") {
+		t.Errorf("pin of a missing deployment: exit %d: %s", code, errOut)
+	}
 
 	// A switch stages another image, and upgrade follows it from then on;
-	// a second switch replaces it. gc then keeps booted (v2), staged
-	// (v4), default (v2) and rollback (v1), and removes v3 and v5.
+	// a second switch replaces it and prunes it (v5), keeping booted (v2),
+	// staged (v4), default (v2), rollback (v1) and the pinned v3.
 	reg.push(t, "os/sample:v5", osImage(t, "5", "6.12.5"))
 	v5ref := "docker://" + reg.host + "/os/sample:v5"
 	v5ID := lastResult(t, s.mustCLI(t, append([]string{"switch", v5ref, "--json"}, netFlags...)...)).Deployment
@@ -407,32 +421,32 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("upgrade after the switch should follow v5, already staged: %+v", res)
 	}
 	reg.push(t, "os/sample:latest", osImage(t, "4", "6.12.4"))
-	v4ID := lastResult(t, s.mustCLI(t, append([]string{"switch", "--json", ref}, netFlags...)...)).Deployment
+	res = lastResult(t, s.mustCLI(t, append([]string{"switch", "--json", ref}, netFlags...)...))
+	v4ID := res.Deployment
+	pruned := strings.Join(res.Removed, "\n")
+	for _, want := range []string{"deployment " + v5ID, "image ", "boot /twinroot/vmlinuz-"} {
+		if !strings.Contains(pruned, want) {
+			t.Errorf("the switch to v4 did not prune %q: %v", want, res.Removed)
+		}
+	}
+	for _, keep := range []string{v1ID, v2ID, v3ID, v4ID} {
+		if strings.Contains(pruned, "deployment "+keep) {
+			t.Errorf("the switch to v4 pruned %s: %v", keep, res.Removed)
+		}
+	}
+	if res.FreedBytes == 0 {
+		t.Errorf("pruning v5 freed nothing in the store: %+v", res)
+	}
 	h = s.status(t)
-	if id(h.Status.Booted) != v2ID || id(h.Status.Staged) != v4ID || id(h.Status.Rollback) != v1ID || len(h.Status.Other) != 4 {
-		t.Fatalf("before gc: %s, other %d", roles(h), len(h.Status.Other))
+	if id(h.Status.Booted) != v2ID || id(h.Status.Staged) != v4ID || id(h.Status.Rollback) != v1ID || len(h.Status.Other) != 1 || h.Status.Other[0].ID != v3ID {
+		t.Fatalf("before gc: %s, other %v", roles(h), h.Status.Other)
 	}
 	t.Logf("before gc:\n%s", s.mustCLI(t, "status"))
 	imagesBefore := h.Status.Store.Images
-	// A pinned deployment in no role survives gc; unpinned, the next gc
-	// removes it.
-	if res := lastResult(t, s.mustCLI(t, "pin", "--json", v3ID)); !res.Changed {
-		t.Errorf("pin: %+v", res)
-	}
-	if code, _, errOut := s.cli(t, "pin", "nosuch.0"); code != exitFailure || !strings.Contains(errOut, "no such deployment") {
-		t.Errorf("pin of a missing deployment: exit %d: %s", code, errOut)
-	}
 	res = lastResult(t, s.mustCLI(t, "gc", "--json"))
-	first := strings.Join(res.Removed, "\n")
-	if strings.Contains(first, v3ID) {
-		t.Errorf("gc removed the pinned %s: %v", v3ID, res.Removed)
+	if first := strings.Join(res.Removed, "\n"); strings.Contains(first, "deployment ") {
+		t.Errorf("gc removed a deployment though only the pinned %s is in no role: %v", v3ID, res.Removed)
 	}
-	for _, want := range []string{"deployment " + v5ID, "deployment " + dropped, "deployment " + dropped2, "boot /twinroot/vmlinuz-"} {
-		if !strings.Contains(first, want) {
-			t.Errorf("gc did not remove %q: %v", want, res.Removed)
-		}
-	}
-	freed := res.FreedBytes
 	s.mustCLI(t, "unpin", v3ID)
 	res = lastResult(t, s.mustCLI(t, "gc", "--json"))
 	removed := strings.Join(res.Removed, "\n")
@@ -451,9 +465,10 @@ func TestLifecycle(t *testing.T) {
 	if id(h.Status.Booted) != v2ID || id(h.Status.Staged) != v4ID || id(h.Status.Rollback) != v1ID || len(h.Status.Other) != 0 {
 		t.Fatalf("after gc: %s, other %v", roles(h), h.Status.Other)
 	}
-	// v1, v2 and v4 are left; v3's and v5's images went (dropped shared v2's).
-	if h.Status.Store.Images != 3 || imagesBefore != 5 || res.FreedBytes == 0 || freed == 0 {
-		t.Errorf("gc: images %d → %d, freed %d then %d bytes", imagesBefore, h.Status.Store.Images, freed, res.FreedBytes)
+	// v1, v2 and v4 are left; v3's image went (v5's went with the prune,
+	// and the dropped ones shared v2's).
+	if h.Status.Store.Images != 3 || imagesBefore != 4 || res.FreedBytes == 0 {
+		t.Errorf("gc: images %d → %d, freed %d bytes", imagesBefore, h.Status.Store.Images, res.FreedBytes)
 	}
 	// The kept deployments still boot: finalize v4, status consistent.
 	s.mustCLI(t, "finalize")
