@@ -5,15 +5,27 @@ import (
 	"fmt"
 
 	twsync "github.com/twinroot/twinroot/sync"
+	"github.com/twinroot/twinroot/trust"
 )
 
 // LabelVersion is the OCI label holding an image's version.
 const LabelVersion = "org.opencontainers.image.version"
 
+// CheckOptions are the options of Check.
+type CheckOptions struct {
+	// AllowDowngrade answers as upgrade --allow-downgrade would.
+	AllowDowngrade bool
+}
+
 // Check asks the registry (or layout) what the origin names now: the
 // manifest and config only, never a layer. Available is true when that
-// manifest is neither booted, staged nor the default.
-func Check(ctx context.Context, o Options) (CheckResult, error) {
+// manifest is neither booted, staged nor the default, and upgrade would
+// take it: an older version (unless co.AllowDowngrade) or one below the
+// installed floor is reported in Refused instead, with Available false, so
+// that "is there an update?" never says yes to what upgrade then refuses.
+// The signature policy is not evaluated (that needs the signatures, which
+// the pull fetches); upgrade refuses before storing anything.
+func Check(ctx context.Context, o Options, co CheckOptions) (CheckResult, error) {
 	u, err := open(ctx, o, "check", false, true)
 	if err != nil {
 		return CheckResult{}, err
@@ -40,6 +52,12 @@ func Check(ctx context.Context, o Options) (CheckResult, error) {
 		res.Staged = d.Origin.Manifest
 	}
 	res.Available = !s.hasManifest(r.Manifest)
+	if res.Available {
+		cand := trust.VersionOf(r.Labels, r.Created)
+		if err := u.checkVersion(ctx, s, base, cand, co.AllowDowngrade); err != nil {
+			res.Available, res.Refused = false, err.Error()
+		}
+	}
 	return res, nil
 }
 

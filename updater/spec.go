@@ -186,6 +186,10 @@ type CheckResult struct {
 	Staged  string `json:"staged"`
 	// Latest is what the reference names now.
 	Latest ImageStatus `json:"latest"`
+	// Refused says why upgrade would refuse Latest (an older version
+	// than the booted one, or one below the installed floor); Available
+	// is false then. "" when it would take it.
+	Refused string `json:"refused,omitempty"`
 }
 
 // Result is the outcome of a state-changing verb (upgrade, switch,

@@ -183,7 +183,8 @@ happens at shutdown (twinroot-finalize.service, or 'updatectl finalize'); --appl
 finalizes at once and reboots.
 
 --check only asks the registry (manifest and config, no layer): exit 0 when an update is
-available, 77 when the system is up to date. --auto is the service's mode: what
+available, 77 when the system is up to date or when upgrade would refuse what the origin
+names (an older version, or one below the signed floor; the reason is printed). --auto is the service's mode: what
 update.auto-apply says (none: check, stage, apply), exit 0 when up to date.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -202,7 +203,7 @@ update.auto-apply says (none: check, stage, apply), exit 0 when up to date.`,
 				}
 			}
 			if check {
-				r, err := updater.Check(ctx, o)
+				r, err := updater.Check(ctx, o, updater.CheckOptions{AllowDowngrade: allowDowngrade})
 				if err != nil {
 					return exitFor(err)
 				}
@@ -478,6 +479,9 @@ func writeJSONIndent(w io.Writer, v any) error {
 }
 
 func checkLine(r updater.CheckResult) string {
+	if r.Refused != "" {
+		return fmt.Sprintf("no update: %s %s would be refused: %s", r.Image.Image, describe(r.Latest), r.Refused)
+	}
 	if r.Available {
 		return fmt.Sprintf("update available: %s %s", r.Image.Image, describe(r.Latest))
 	}

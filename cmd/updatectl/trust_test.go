@@ -85,6 +85,15 @@ func TestDowngradeFloorAndSignatureStatus(t *testing.T) {
 		t.Errorf("upgrade to an older image: exit %d: %s", code, errOut)
 	}
 	t.Logf("older image: %s", errOut)
+	// upgrade --check says no to what upgrade refuses, and why; with
+	// --allow-downgrade it says yes.
+	code, out, _ := s.cli(t, append([]string{"upgrade", "--check"}, net...)...)
+	if code != exitNoUpd || !strings.Contains(out, "would be refused") || !strings.Contains(out, "version 2 is older than the current 3") {
+		t.Errorf("upgrade --check on an older image: exit %d: %s", code, out)
+	}
+	if code, out, _ := s.cli(t, append([]string{"upgrade", "--check", "--allow-downgrade"}, net...)...); code != 0 || !strings.Contains(out, "update available") {
+		t.Errorf("upgrade --check --allow-downgrade on an older image: exit %d: %s", code, out)
+	}
 	if h = s.status(t); h.Status.Staged != nil || h.Status.Store.Images != imagesBefore {
 		t.Errorf("a refused downgrade changed something: %s, %d images (was %d)", roles(h), h.Status.Store.Images, imagesBefore)
 	}
@@ -95,6 +104,10 @@ func TestDowngradeFloorAndSignatureStatus(t *testing.T) {
 		t.Errorf("upgrade below the floor: exit %d: %s", code, errOut)
 	}
 	t.Logf("below the floor: %s", errOut)
+	code, out, _ = s.cli(t, append([]string{"upgrade", "--check", "--allow-downgrade", "--json"}, net...)...)
+	if code != exitNoUpd || !strings.Contains(out, `"available":false`) || !strings.Contains(out, `"refused":`) || !strings.Contains(out, "1.5 is below the minimum 2") {
+		t.Errorf("upgrade --check below the floor: exit %d: %s", code, out)
+	}
 	// At the floor, --allow-downgrade lets it through.
 	reg.push(t, "os/sample:latest", osImage(t, "2", "6.12.2"))
 	v2ID := lastResult(t, s.mustCLI(t, append([]string{"upgrade", "--json", "--allow-downgrade"}, net...)...)).Deployment
