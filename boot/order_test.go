@@ -189,3 +189,31 @@ func TestPlanErrors(t *testing.T) {
 		t.Errorf("a quoted argument with blanks: %v", err)
 	}
 }
+
+// The entry adds rw unless the image's or the user's arguments say rw or
+// ro themselves: one rw on the command line, and an ro kept.
+func TestPlanRootMode(t *testing.T) {
+	base := Deployment{ID: "aaaaaaaaaaaa.0", Image: digestOf(t, 0xaa), Root: "UUID=0f3c",
+		Kernel: Installed{Linux: "/twinroot/vmlinuz-x", Initrd: "/twinroot/initramfs-x.img"}}
+	arg := "twinroot=aaaaaaaaaaaa.0:" + strings.Repeat("aa", 32)
+	tests := []struct {
+		image, user []string
+		want        string
+	}{
+		{nil, nil, "root=UUID=0f3c " + arg + " rw"},
+		{[]string{"rw", "console=ttyS0"}, nil, "root=UUID=0f3c " + arg + " rw console=ttyS0"},
+		{[]string{"console=ttyS0"}, []string{"ro"}, "root=UUID=0f3c " + arg + " console=ttyS0 ro"},
+		{[]string{"rw=1"}, []string{"quiet"}, "root=UUID=0f3c " + arg + " rw rw=1 quiet"},
+	}
+	for _, tt := range tests {
+		d := base
+		d.ImageKargs, d.Kargs = tt.image, tt.user
+		fs, err := Plan(d, nil, nil, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fs[0].Entry.Options(); got != tt.want {
+			t.Errorf("image %q, user %q: options %q, want %q", tt.image, tt.user, got, tt.want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package boot
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/twinroot/twinroot/internal/bootarg"
@@ -112,7 +113,13 @@ func planEntry(d Deployment, isFirst bool, current map[string]EntryName, tries i
 	if !strings.HasPrefix(d.Kernel.Linux, "/") || !strings.HasPrefix(d.Kernel.Initrd, "/") {
 		return EntryFile{}, bad("kernel not installed on the boot partition")
 	}
-	opts := []string{"root=" + d.Root, arg, "rw"}
+	opts := []string{"root=" + d.Root, arg}
+	// rw unless the image's or the user's arguments say rw or ro
+	// themselves (the last of the two wins in the kernel either way; this
+	// keeps the command line free of a second "rw").
+	if !slices.ContainsFunc(append(slices.Clip(d.ImageKargs), d.Kargs...), func(a string) bool { return a == "rw" || a == "ro" }) {
+		opts = append(opts, "rw")
+	}
 	opts = append(opts, d.ImageKargs...)
 	opts = append(opts, d.Kargs...)
 	for _, v := range []string{d.Version, d.Kernel.Linux, d.Kernel.Initrd} {
