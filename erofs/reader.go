@@ -421,6 +421,12 @@ func rdParseDirBlock(b []byte) ([]rdDirent, error) {
 		if len(name) == 0 {
 			return nil, fmt.Errorf("rdDirent %d: empty name", i)
 		}
+		// A name is one path component: a '/' (or a NUL before the
+		// block's end) would let a hostile image name a file outside
+		// its directory to whoever joins names into paths.
+		if strings.ContainsAny(string(name), "/\x00") {
+			return nil, fmt.Errorf("rdDirent %d: name %q holds '/' or NUL", i, name)
+		}
 		out = append(out, rdDirent{nid: le.Uint64(e[0:]), name: string(name), ftype: e[10]})
 	}
 	return out, nil
