@@ -105,3 +105,26 @@ func TestTimeline(t *testing.T) {
 		t.Errorf("phaseOf of a non-log line = %q", n)
 	}
 }
+
+func TestAimsLearn(t *testing.T) {
+	s := time.Second
+	var a aims
+	a.learn([]segment{{"start", s}, {"pull/pulling", 3 * s}, {"stage/staging", s}})
+	// A later trial shows the prune after staging, and a kernel step
+	// between pull and stage; known segments keep their first timing.
+	a.learn([]segment{{"start", 2 * s}, {"pull/pulling", s}, {"kernel/installing", s}, {"stage/staging", s}, {"gc/removing", 2 * s}})
+	var names []string
+	for _, x := range a.segs {
+		names = append(names, x.name)
+	}
+	if want := []string{"start", "pull/pulling", "kernel/installing", "stage/staging", "gc/removing"}; !slices.Equal(names, want) {
+		t.Errorf("segments %q, want %q", names, want)
+	}
+	if a.segs[0].dur != s {
+		t.Errorf("start's timing changed to %v", a.segs[0].dur)
+	}
+	a.next = 4
+	if got := []string{a.take().name, a.take().name}; !slices.Equal(got, []string{"gc/removing", "start"}) {
+		t.Errorf("take in turn: %q", got)
+	}
+}

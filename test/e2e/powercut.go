@@ -146,6 +146,53 @@ func (tl *timeline) segments() []segment {
 	return s
 }
 
+// completed returns the segments whose end came: each one followed by
+// another, and the last one once the end mark came. A cut trial gives the
+// segments before the cut.
+func (tl *timeline) completed() []segment {
+	var s []segment
+	for i, n := range tl.order {
+		end := tl.t1
+		if i+1 < len(tl.order) {
+			end = tl.first[tl.order[i+1]]
+		}
+		if end != 0 {
+			s = append(s, segment{n, end - tl.first[n]})
+		}
+	}
+	return s
+}
+
+// aims are the segments of one operation that trials cut in turn: those
+// the uncut trial timed, and those first seen in later trials (the prune
+// after an upgrade has nothing to remove in the first one), each inserted
+// after the segment it followed.
+type aims struct {
+	segs []segment
+	next int // seeded start, then one further per trial
+}
+
+func (a *aims) learn(got []segment) {
+	for i, g := range got {
+		if slices.ContainsFunc(a.segs, func(s segment) bool { return s.name == g.name }) {
+			continue
+		}
+		at := len(a.segs)
+		if i > 0 {
+			if j := slices.IndexFunc(a.segs, func(s segment) bool { return s.name == got[i-1].name }); j >= 0 {
+				at = j + 1
+			}
+		}
+		a.segs = slices.Insert(a.segs, at, g)
+	}
+}
+
+func (a *aims) take() segment {
+	s := a.segs[a.next%len(a.segs)]
+	a.next++
+	return s
+}
+
 func (tl *timeline) String() string {
 	var b []string
 	for _, s := range tl.segments() {
@@ -187,8 +234,8 @@ func (r *run) step5(ctx context.Context, o *outcome) {
 	prev, pending := "", ""
 	var (
 		outcomes []string
-		upSegs   []segment // calibrated
-		finSegs  []segment
+		upAims   aims
+		finAims  aims
 		inside   int // cuts that fell between their operation's marks
 		cuts     int
 		landed   = map[string]int{}
@@ -228,14 +275,13 @@ func (r *run) step5(ctx context.Context, o *outcome) {
 			}
 		}
 		if !calibrate && !last {
-			segs, op := upSegs, "upgrade"
-			if i%2 == 0 {
-				segs, op = finSegs, "finalize"
-			}
 			// Trials 1, 3, 5… take the upgrade's segments in turn, 2, 4, 6…
 			// the finalize's, each from a seeded first one.
-			k := (i-1)/2 + rnd.IntN(len(segs))
-			seg := segs[k%len(segs)]
+			a, op := &upAims, "upgrade"
+			if i%2 == 0 {
+				a, op = &finAims, "finalize"
+			}
+			seg := a.take()
 			plan = cutPlan{op: op, seg: seg, delay: time.Duration(rnd.Float64() * float64(seg.dur))}
 		}
 		up, fin := newTimeline("upgrade"), newTimeline("finalize")
@@ -309,15 +355,17 @@ func (r *run) step5(ctx context.Context, o *outcome) {
 		if out, code := section(res.Output, "upgrade"); code > 0 {
 			o.fail("trial %d: upgrade exited %d: %s", i, code, lastLines(out, 3))
 		}
+		upAims.learn(up.completed())
+		finAims.learn(fin.completed())
 		if calibrate {
-			upSegs, finSegs = up.segments(), fin.segments()
-			if len(upSegs) == 0 || len(finSegs) == 0 {
+			if up.t1 == 0 || fin.t1 == 0 || len(upAims.segs) == 0 || len(finAims.segs) == 0 {
 				o.fail("calibration: the upgrade (%v) or the finalize (%v) did not finish with its marks; console %s",
 					up.t1 != 0, fin.t1 != 0, res.Console)
 				return
 			}
 			outcomes = append(outcomes, fmt.Sprintf("trial 0, uncut: upgrade %.2f s (%s); finalize %.2f s (%s)",
 				(up.t1-up.t0).Seconds(), up, (fin.t1-fin.t0).Seconds(), fin))
+			upAims.next, finAims.next = rnd.IntN(len(upAims.segs)), rnd.IntN(len(finAims.segs))
 			r.metrics = append(r.metrics, fmt.Sprintf("upgrade to a one-file-layer image (%s): %.2f s in the guest; its finalize at shutdown %.2f s",
 				pending, (up.t1-up.t0).Seconds(), (fin.t1-fin.t0).Seconds()))
 			continue
