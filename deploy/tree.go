@@ -141,6 +141,11 @@ func loadFS(fsys fs.FS, prefix, name string) (t *tree, ok bool, err error) {
 	var walk func(rel string, e *entry) error
 	walk = func(rel string, e *entry) error {
 		ents, err := fs.ReadDir(fsys, path.Join(prefix, rel))
+		if errors.Is(err, erofs.ErrCorrupt) {
+			// The reader refuses a crafted directory itself (an entry
+			// name holding '/', say): an unusable image, not an I/O error.
+			return fmt.Errorf("deploy: %s: %w: %w", name, ErrBadImage, err)
+		}
 		if err != nil {
 			return fmt.Errorf("deploy: %s: %w", name, err)
 		}
