@@ -189,7 +189,7 @@ func friendly(err error) error {
 	case errors.Is(err, twsync.ErrNoSpace), errors.Is(err, boot.ErrNoSpace), errors.Is(err, syscall.ENOSPC):
 		return fmt.Errorf("%w: %w; free space ('updatectl gc' removes deployments and images no longer needed) or grow the file system", ErrNoSpace, err)
 	case errors.Is(err, syscall.EROFS):
-		return fmt.Errorf("%w; remount the sysroot or boot partition read-write (mount -o remount,rw)", err)
+		return fmt.Errorf("%w; remount the sysroot or boot partition read-write (mount -o remount,rw); if the kernel made a FAT boot partition read-only itself (dmesg: 'FAT-fs ... corrupted directory'), unmount it and run fsck.fat -a until it finds nothing: after a power cut, one pass can leave a directory the kernel refuses", err)
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EPERM):
 		return fmt.Errorf("%w: %w; run as root (sudo updatectl ...)", ErrNotRoot, err)
 	case errors.Is(err, objstore.ErrNotFound):
