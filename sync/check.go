@@ -15,6 +15,9 @@ type Resolved struct {
 	Created  time.Time         // the config's creation time (zero when absent)
 	Layers   int               // number of layers
 	Size     int64             // compressed bytes of all layers
+	// Known is true when WithKnownManifest said the caller has Manifest:
+	// the config was not fetched (Config, Labels, Created are empty).
+	Known bool
 }
 
 // Resolve fetches and verifies the manifest (through any index, for the
@@ -41,10 +44,12 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (Resolved, error) 
 	r := Resolved{
 		Source:   img.source,
 		Manifest: img.manifestDigest.String(),
-		Config:   img.configDigest.String(),
-		Labels:   labels(img.config),
-		Created:  img.config.Created.Time,
 		Layers:   len(img.manifest.Layers),
+	}
+	if img.config == nil {
+		r.Known = true
+	} else {
+		r.Config, r.Labels, r.Created = img.configDigest.String(), labels(img.config), img.config.Created.Time
 	}
 	for _, l := range img.manifest.Layers {
 		r.Size += l.Size

@@ -102,6 +102,7 @@ func Pull(ctx context.Context, store *objstore.Store, ref string, opts ...Option
 	for _, fn := range opts {
 		fn(&o)
 	}
+	o.known = nil // a pull needs the config whatever the caller has
 	lim := o.limits.withDefaults()
 	plat, err := parsePlatform(o.platform)
 	if err != nil {
@@ -390,6 +391,9 @@ func open(ctx context.Context, ref string, plat v1.Platform, lim Limits, o *opti
 			return nil, nil, err
 		}
 		img, err := resolveOCI(ctx, f, tag, ref, plat, lim)
+		if err == nil && !o.knows(img) {
+			err = img.fetchConfig(ctx, lim)
+		}
 		if err != nil {
 			closeFn()
 			return nil, nil, err
@@ -458,7 +462,12 @@ func openCandidate(ctx context.Context, c candidate, sys *types.SystemContext, p
 		f, err := newRegistryFetcher(ctx, ep, i == len(c.endpoints)-1, o, auth)
 		if err == nil {
 			var img *image
-			if img, err = resolve(ctx, f, identifier, source, plat, lim); err == nil {
+			// The config from the same endpoint, so that one that fails
+			// it moves on to the next like any other failure.
+			if img, err = resolve(ctx, f, identifier, source, plat, lim); err == nil && !o.knows(img) {
+				err = img.fetchConfig(ctx, lim)
+			}
+			if err == nil {
 				if ep.mirror {
 					o.log.Info("using mirror", "mirror", ep.repo, "ref", source)
 				}

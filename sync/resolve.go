@@ -247,30 +247,39 @@ func imageFromManifest(ctx context.Context, from fetcher, raw []byte, source str
 	if m.Config.Size > lim.MaxManifestSize {
 		return nil, fmt.Errorf("%w: config %s of %d bytes", ErrLimit, m.Config.Digest, m.Config.Size)
 	}
-	rc, err := from.blob(ctx, m.Config.Digest, m.Config.Size)
+	return img, nil
+}
+
+// fetchConfig fetches, verifies and parses the image's config, which
+// every use of an image but a Resolve of a known manifest needs. It is
+// separate from the manifest so that a check that finds a manifest it
+// already has costs one request, not two.
+func (img *image) fetchConfig(ctx context.Context, lim Limits) error {
+	m := img.manifest
+	rc, err := img.from.blob(ctx, m.Config.Digest, m.Config.Size)
 	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+		return fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
 	cfgRaw, err := readLimited(rc, lim.MaxManifestSize, "config")
 	rc.Close()
 	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", m.Config.Digest, err)
+		return fmt.Errorf("config %s: %w", m.Config.Digest, err)
 	}
 	if err := checkDigest("config", cfgRaw, m.Config.Digest, m.Config.Size); err != nil {
-		return nil, err
+		return err
 	}
 	cfg, err := v1.ParseConfigFile(bytes.NewReader(cfgRaw))
 	if err != nil {
-		return nil, fmt.Errorf("%w: config: %w", ErrBadManifest, err)
+		return fmt.Errorf("%w: config: %w", ErrBadManifest, err)
 	}
 	if len(cfg.RootFS.DiffIDs) != len(m.Layers) {
-		return nil, fmt.Errorf("%w: %d layers but %d diff_ids", ErrBadManifest, len(m.Layers), len(cfg.RootFS.DiffIDs))
+		return fmt.Errorf("%w: %d layers but %d diff_ids", ErrBadManifest, len(m.Layers), len(cfg.RootFS.DiffIDs))
 	}
 	for i, d := range cfg.RootFS.DiffIDs {
 		if d.Algorithm != "sha256" {
-			return nil, fmt.Errorf("%w: diff_id %d: %s", ErrBadManifest, i, d)
+			return fmt.Errorf("%w: diff_id %d: %s", ErrBadManifest, i, d)
 		}
 	}
 	img.config = cfg
-	return img, nil
+	return nil
 }

@@ -120,6 +120,12 @@ type options struct {
 	userAgent   string
 	env         func(string) string
 	noVerify    bool
+	known       func(manifest string) bool
+}
+
+// knows reports whether the caller of Resolve already has img's manifest.
+func (o *options) knows(img *image) bool {
+	return o.known != nil && o.known(img.manifestDigest.String())
 }
 
 func defaultOptions() options {
@@ -131,6 +137,15 @@ func defaultOptions() options {
 		userAgent: "twinroot",
 		env:       os.Getenv,
 	}
+}
+
+// WithKnownManifest makes Resolve skip the config when known says the
+// caller already has the manifest (sha256:...) it resolved: Resolved.Known
+// is true then, and Config, Labels and Created are empty. Asking whether
+// anything is new then costs one manifest request (two through an index).
+// Pull ignores it.
+func WithKnownManifest(known func(manifest string) bool) Option {
+	return func(o *options) { o.known = known }
 }
 
 // WithLogger sets the logger (default: discard).

@@ -40,11 +40,25 @@ func Check(ctx context.Context, o Options, co CheckOptions) (CheckResult, error)
 		return CheckResult{}, fmt.Errorf("%w: no deployment and no origin in the configuration; 'updatectl switch REF' or 'install REF' sets one", ErrNoOrigin)
 	}
 	u.o.emit("resolve", "checking "+ref)
-	r, err := twsync.Resolve(ctx, ref, u.pullOptions()...)
+	r, err := twsync.Resolve(ctx, ref, append(u.pullOptions(), twsync.WithKnownManifest(s.hasManifest))...)
 	if err != nil {
 		return CheckResult{}, friendly(err)
 	}
 	res := CheckResult{APIVersion: APIVersion, Kind: "CheckResult", Image: ImageReference{Image: ref}, Latest: resolvedStatus(r)}
+	if r.Known {
+		// The config was not fetched: the version is the one recorded
+		// when the deployment with this manifest was made.
+		for _, d := range s.deps {
+			if d.Origin.Manifest == r.Manifest {
+				res.Latest.Version = d.Origin.Version
+				if !d.Origin.Created.IsZero() {
+					t := d.Origin.Created.UTC()
+					res.Latest.Timestamp = &t
+				}
+				break
+			}
+		}
+	}
 	if base != nil {
 		res.Current = base.Origin.Manifest
 	}

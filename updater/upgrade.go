@@ -59,7 +59,15 @@ func upgrade(ctx context.Context, o Options, uo UpgradeOptions, verb, ref string
 		return res, fmt.Errorf("%w: no deployment and no origin in the configuration; use 'updatectl switch REF'", ErrNoOrigin)
 	}
 	u.o.emit("resolve", "checking "+origin)
-	r, err := twsync.Resolve(ctx, origin, u.pullOptions()...)
+	ropts := u.pullOptions()
+	if ref == "" {
+		// An upgrade of an image already booted, staged or the default
+		// ends here: the daily service's run costs one manifest
+		// request. (A switch to another reference of the same image
+		// goes on, and needs the labels.)
+		ropts = append(ropts, twsync.WithKnownManifest(s.hasManifest))
+	}
+	r, err := twsync.Resolve(ctx, origin, ropts...)
 	if err != nil {
 		return res, friendly(err)
 	}

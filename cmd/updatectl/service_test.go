@@ -10,8 +10,9 @@ import (
 
 // TestServiceRunCost is twinroot-update.service's ExecStart ("upgrade
 // --auto") run twice with nothing new: each run costs one manifest request
-// and one blob (the config), never a layer, counted at the registry. It
-// also reports its progress over sd_notify (STATUS=).
+// and nothing else (the manifest is the booted one's: no config, no layer),
+// counted at the registry. It also reports its progress over sd_notify
+// (STATUS=).
 func TestServiceRunCost(t *testing.T) {
 	needRoot(t)
 	reg := newTestRegistry(t)
@@ -47,10 +48,17 @@ func TestServiceRunCost(t *testing.T) {
 		if !strings.Contains(out, "up to date") {
 			t.Errorf("run %d: %q", run, out)
 		}
-		if m, b := reg.manifests.Load(), reg.blobs.Load(); m != 1 || b != 1 {
-			t.Errorf("run %d with nothing new: %d manifest and %d blob requests, want 1 and 1 (the config)", run, m, b)
+		if m, b := reg.manifests.Load(), reg.blobs.Load(); m != 1 || b != 0 {
+			t.Errorf("run %d with nothing new: %d manifest and %d blob requests, want 1 and 0", run, m, b)
 		} else {
-			t.Logf("run %d with nothing new: %d manifest request, %d blob request (config)", run, m, b)
+			t.Logf("run %d with nothing new: %d manifest request, %d blob requests", run, m, b)
+		}
+		// upgrade --check costs the same, and still names the version.
+		reg.manifests.Store(0)
+		reg.blobs.Store(0)
+		code, out, _ := s.cli(t, append([]string{"upgrade", "--check"}, netFlags...)...)
+		if m, b := reg.manifests.Load(), reg.blobs.Load(); code != exitNoUpd || m != 1 || b != 0 || !strings.Contains(out, "version 1") {
+			t.Errorf("run %d: upgrade --check with nothing new: exit %d, %d manifest and %d blob requests: %s", run, code, m, b, out)
 		}
 	}
 	// The status lines reached the notify socket.
