@@ -29,13 +29,7 @@ func TestUnreadableStagedSet(t *testing.T) {
 		if err := p.Stage(ctx, b, &a); err != nil {
 			t.Fatal(err)
 		}
-		set := filepath.Join(p.Dir(), "loader", stagedName, setFile)
-		if err := os.Remove(set); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Mkdir(set, 0o755); err != nil {
-			t.Fatal(err)
-		}
+		unreadableSet(t, p)
 	}
 
 	damage()
@@ -67,6 +61,20 @@ func TestUnreadableStagedSet(t *testing.T) {
 	}
 }
 
+// unreadableSet replaces the staged set's set file by a directory, so that
+// reading the set fails (EISDIR), and returns its path.
+func unreadableSet(t *testing.T, p *Partition) string {
+	t.Helper()
+	set := filepath.Join(p.Dir(), "loader", stagedName, setFile)
+	if err := os.Remove(set); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(set, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
 // A staged set that cannot even be removed (FAT gives EIO on its entries;
 // here a mount point inside it gives EBUSY) is set aside under a hidden
 // name that systemd-boot never reads, and removed by a later cleanup once
@@ -85,14 +93,7 @@ func TestUnremovableStagedSet(t *testing.T) {
 	if err := p.Stage(ctx, b, &a); err != nil {
 		t.Fatal(err)
 	}
-	stDir := filepath.Join(p.Dir(), "loader", stagedName)
-	set := filepath.Join(stDir, setFile)
-	if err := os.Remove(set); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(set, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	set := unreadableSet(t, p)
 	if err := unix.Mount(t.TempDir(), set, "", unix.MS_BIND, ""); err != nil {
 		t.Fatalf("bind mount: %v", err)
 	}

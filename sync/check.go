@@ -25,7 +25,8 @@ type Resolved struct {
 // requested. It takes the same options as Pull (registries.conf, mirrors,
 // credentials, platform, retries); progress and space checks do not apply.
 // It is what "is there an update?" costs: one manifest request (two through
-// an index) and one config blob.
+// an index) and one config blob, or no blob when WithKnownManifest says
+// the caller has that manifest already.
 func Resolve(ctx context.Context, ref string, opts ...Option) (Resolved, error) {
 	o := defaultOptions()
 	for _, fn := range opts {

@@ -18,7 +18,7 @@ type CheckOptions struct {
 }
 
 // Check asks the registry (or layout) what the origin names now: the
-// manifest and config only, never a layer. Available is true when that
+// manifest, and its config when the manifest is new; never a layer. Available is true when that
 // manifest is neither booted, staged nor the default, and upgrade would
 // take it: an older version (unless co.AllowDowngrade) or one below the
 // installed floor is reported in Refused instead, with Available false, so

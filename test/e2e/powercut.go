@@ -135,15 +135,7 @@ func (tl *timeline) segments() []segment {
 	if tl.t1 == 0 {
 		return nil
 	}
-	var s []segment
-	for i, n := range tl.order {
-		end := tl.t1
-		if i+1 < len(tl.order) {
-			end = tl.first[tl.order[i+1]]
-		}
-		s = append(s, segment{n, end - tl.first[n]})
-	}
-	return s
+	return tl.completed()
 }
 
 // completed returns the segments whose end came: each one followed by
